@@ -1,0 +1,28 @@
+# make test / make demo work on a fresh clone: they create .venv and install vortex with its extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/vortex train --recipe recipes/cnn_digits.yaml --output_dir $(DEMO_DIR)
+	$(VENV)/bin/vortex probe --model $(DEMO_DIR) --dataset digits --out $(DEMO_DIR)/probe
+
+bench: $(STAMP)
+	$(PY) benchmarks/profile_overhead.py
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

@@ -1,0 +1,65 @@
+"""The `vortex` command as a user runs it: files written, help, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CONTRACT_TOP = {"vortex_version", "model", "dataset", "num_samples", "num_classes", "labels", "splits", "gpz"}
+CONTRACT_SPLIT = {"index", "name", "shape", "dim", "bytes", "edge_params", "rc2", "rc2_per_class", "global_var",
+                  "rho", "h_bound_feature", "h_bound_decision", "h_bound_per_dim", "decisive"}
+
+
+def vortex(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "vortex", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_probe_writes_contract_profile_and_plot(tmp_path):
+    proc = vortex("probe", "--model", "cnn", "--dataset", "digits", "--out", tmp_path)
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    assert CONTRACT_TOP <= set(profile)
+    assert len(profile["splits"]) >= 6
+    for i, split in enumerate(profile["splits"], start=1):
+        assert CONTRACT_SPLIT <= set(split) and split["index"] == i
+        assert split["bytes"] == 4 * split["dim"] == 4 * int(np.prod(split["shape"]))
+        assert 0 <= split["rho"] <= 1 and split["decisive"] in ("feature", "decision")
+    gpz = profile["gpz"]
+    assert 1 <= gpz["index"] <= len(profile["splits"]) and gpz["index"] in gpz["zone"]
+    assert {"criterion", "drops"} <= set(gpz) and len(gpz["drops"]) == len(profile["splits"]) - 1
+    assert profile["num_samples"] == 360 and profile["num_classes"] == 10
+    image = Image.open(tmp_path / "profile.png")
+    assert image.format == "PNG" and image.size[0] > 500
+    assert f"GPZ a priori: split {gpz['index']}" in proc.stdout
+
+
+def test_help_explains_every_option():
+    out = vortex("probe", "--help").stdout
+    for option in ("--model", "--dataset", "--out", "--split-points", "--labels", "--max-samples", "--gpz-quantity"):
+        assert option in out
+    top = vortex("--help").stdout
+    assert "probe" in top and "train" in top
+    train = vortex("train", "--help").stdout
+    for option in ("--recipe", "--output_dir", "--resume_from_checkpoint", "--with_tracking", "--label_smoothing"):
+        assert option in train
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--split-points", "block1,nope"], "split point 'nope' does not exist"),
+    (["--dataset", "no/such/thing/here"], "data set"),
+    (["--model", "alexnet"], "unknown model 'alexnet'"),
+    (["--model", "mypkg.nowhere:build"], "cannot load model 'mypkg.nowhere:build'"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    base = {"--model": "cnn", "--dataset": "digits", "--out": str(tmp_path)}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    proc = vortex("probe", *[x for kv in base.items() for x in kv], check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and message in proc.stderr

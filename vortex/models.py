@@ -1,0 +1,178 @@
+"""Built-in architectures, custom `package.module:function` models, and the spec that rebuilds them."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import VortexError
+from .splits import SplitModel
+
+BUILTINS = ("cnn", "resnet18", "vgg16_bn", "vit")
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model without running remote code."""
+
+    architecture: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        return cls(d["architecture"], int(d["num_classes"]), int(d["in_channels"]),
+                   int(d["image_size"]), dict(d.get("options", {})))
+
+
+def _conv_block(cin: int, cout: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+def cnn(num_classes: int, in_channels: int = 1, width: int = 32) -> nn.Sequential:
+    """A compact 8-stage CNN: six conv blocks, a hidden linear layer and the logits (8 splits)."""
+    w = width
+    return nn.Sequential(OrderedDict([
+        ("block1", _conv_block(in_channels, w, pool=False)),
+        ("block2", _conv_block(w, w, pool=True)),
+        ("block3", _conv_block(w, 2 * w, pool=False)),
+        ("block4", _conv_block(2 * w, 2 * w, pool=True)),
+        ("block5", _conv_block(2 * w, 4 * w, pool=False)),
+        ("block6", nn.Sequential(_conv_block(4 * w, 4 * w, pool=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+        ("fc", nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU())),
+        ("logits", nn.Linear(4 * w, num_classes)),
+    ]))
+
+
+def resnet18(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """torchvision ResNet-18 for small inputs: 3x3 stride-1 stem, no max-pool."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def vgg16_bn(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """torchvision VGG16-BN for inputs of 32x32 and up: global pooling and a small classifier."""
+    from torchvision.models import vgg16_bn as tv_vgg16_bn
+
+    model = tv_vgg16_bn(weights=None, num_classes=num_classes)
+    model.features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier = nn.Sequential(
+        nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(256, num_classes),
+    )
+    return model
+
+
+class ViTClassifier(nn.Module):
+    """transformers ViTForImageClassification, unrolled so each encoder layer is a split point.
+
+    It holds the same `vit` and `classifier` modules (same state-dict keys) and returns logits.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, patch_size: int = 4,
+                 hidden_size: int = 64, num_hidden_layers: int = 6, num_attention_heads: int = 4,
+                 intermediate_size: int = 128):
+        super().__init__()
+        from transformers import ViTConfig, ViTForImageClassification
+
+        self.config = ViTConfig(
+            image_size=image_size, patch_size=patch_size, num_channels=in_channels,
+            hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+            num_labels=num_classes,
+        )
+        hf = ViTForImageClassification(self.config)
+        self.vit = hf.vit
+        self.classifier = hf.classifier
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.vit.embeddings(pixel_values)
+        for layer in self.vit.layers:
+            hidden = layer(hidden)
+        hidden = self.vit.layernorm(hidden)
+        return self.classifier(hidden[:, 0])
+
+
+def vit(num_classes: int, in_channels: int, image_size: int, **options: Any) -> ViTClassifier:
+    """A small ViT (6 layers, width 64, patch 4) built offline from a `ViTConfig`."""
+    return ViTClassifier(num_classes, in_channels, image_size, **options)
+
+
+def input_size(architecture: str, data_size: int) -> int:
+    """The image side a built-in runs at for data of side `data_size` (custom models: unchanged)."""
+    if architecture == "vgg16_bn":
+        return max(32, data_size)  # five 2x2 max-pools
+    if architecture == "vit":
+        size = max(16, data_size)
+        return -(-size // 4) * 4  # a whole number of 4x4 patches
+    return data_size
+
+
+def split_model(model: nn.Module, spec: ModelSpec, split_points: Sequence[str] | None = None) -> SplitModel:
+    """Wrap a model of `spec` in a SplitModel with the split points its architecture calls for."""
+    if spec.architecture == "vit":
+        from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
+
+        names = ["vit.embeddings", *[f"vit.layers.{i}" for i in range(len(model.vit.layers))], "classifier"]
+        return SplitModel(model, split_points or names, leaf_types=(ViTEmbeddings, ViTLayer))
+    if split_points:
+        return SplitModel(model, split_points)
+    if spec.architecture == "cnn":
+        return SplitModel(model, leaf_depth=1)  # one split per stage
+    return SplitModel(model)  # torchvision-style: found with torch.fx
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build the (untrained) model a spec describes."""
+    arch = spec.architecture
+    if arch == "cnn":
+        return cnn(spec.num_classes, spec.in_channels, **spec.options)
+    if arch == "resnet18":
+        return resnet18(spec.num_classes, spec.in_channels, **spec.options)
+    if arch == "vgg16_bn":
+        return vgg16_bn(spec.num_classes, spec.in_channels, **spec.options)
+    if arch == "vit":
+        return vit(spec.num_classes, spec.in_channels, spec.image_size, **spec.options)
+    if ":" in arch:
+        return _custom_model(arch, spec)
+    raise VortexError(
+        f"unknown model '{arch}': use a built-in ({', '.join(BUILTINS)}), a directory written by "
+        "vortex, or 'package.module:function' returning an nn.Module")
+
+
+def _custom_model(entry: str, spec: ModelSpec) -> nn.Module:
+    module_name, _, func_name = entry.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise VortexError(f"cannot load model '{entry}': {exc}. Check that '{module_name}' is importable "
+                          f"(on PYTHONPATH) and defines '{func_name}'") from None
+    offered = {"num_classes": spec.num_classes, "in_channels": spec.in_channels,
+               "image_size": spec.image_size, **spec.options}
+    params = inspect.signature(func).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    model = func(**{k: v for k, v in offered.items() if takes_any or k in params})
+    if not isinstance(model, nn.Module):
+        raise VortexError(f"'{entry}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model

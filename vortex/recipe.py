@@ -1,0 +1,56 @@
+"""Training recipes: YAML files in recipes/ read into a checked dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import VortexError
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cnn_digits.yaml"
+
+
+@dataclass
+class Recipe:
+    """What to train and how: model, data, optimiser, schedule, label smoothing, probe set."""
+
+    model: str = "cnn"
+    dataset: str = "digits"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    channels: int | None = None
+    seed: int = 0
+    epochs: int = 8
+    batch_size: int = 64
+    max_train_samples: int | None = None
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4})
+    scheduler: str = "cosine"
+    label_smoothing: float = 0.0
+    probe: dict[str, Any] = field(default_factory=lambda: {"max_samples": None, "batch_size": 256})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
+    """Read a YAML recipe (default: recipes/cnn_digits.yaml) and apply non-None overrides."""
+    path = Path(path) if path else DEFAULT_RECIPE
+    if not path.is_file():
+        raise VortexError(f"recipe '{path}' does not exist; pick one from recipes/ or write a YAML file")
+    data = yaml.safe_load(path.read_text()) or {}
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise VortexError(f"recipe '{path}' has unknown keys {unknown}; known keys: {sorted(known)}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    recipe = Recipe(**data)
+    if recipe.label_smoothing >= 1:
+        raise VortexError(f"label_smoothing must be below 1 (negative is allowed), got {recipe.label_smoothing}")
+    if recipe.scheduler not in ("cosine", "constant"):
+        raise VortexError(f"scheduler must be 'cosine' or 'constant', not '{recipe.scheduler}'")
+    if recipe.optimizer.get("name", "adamw") not in ("adamw", "sgd"):
+        raise VortexError(f"optimizer name must be 'adamw' or 'sgd', not '{recipe.optimizer.get('name')}'")
+    return recipe

@@ -1,0 +1,90 @@
+"""Streaming per-class statistics of one split's features, exact across batches and processes.
+
+Per class c it keeps the count n_c, the mean m_c and M2_c = sum_i ||z_i - m_c||^2, in float64.
+Batches and processes are merged with Chan et al.'s pairwise formula, so a large common
+offset in z never cancels the variance away (no sum of squares minus square of sums).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ProfileError
+
+
+def combine(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Merge K partial statistics [K,C], [K,C,d], [K,C] into one [C], [C,d], [C]."""
+    n = counts.sum(0)
+    safe = n.clamp(min=1)
+    mean = (counts.unsqueeze(-1) * means).sum(0) / safe.unsqueeze(-1)
+    spread = ((means - mean).pow(2).sum(-1) * counts).sum(0)
+    return n, mean, m2s.sum(0) + spread
+
+
+@dataclass
+class Summary:
+    """R_c^2 per class and averaged, global variance and rho of one split."""
+
+    counts: list[int]
+    rc2_per_class: list[float | None]
+    rc2: float
+    global_var: float
+    rho: float
+    small_classes: dict[int, int]
+
+
+class ClassStats:
+    """Per-class count, mean and M2 of flattened features; memory O(classes x dim)."""
+
+    def __init__(self, num_classes: int, dim: int, device: torch.device | str = "cpu"):
+        self.num_classes, self.dim = num_classes, dim
+        self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.mean = torch.zeros(num_classes, dim, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(num_classes, dtype=torch.float64, device=device)
+
+    def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a batch: z [B, ...] (flattened to [B, dim]) with integer labels y [B]."""
+        z = z.reshape(z.shape[0], -1).to(torch.float64)
+        y = y.to(z.device)
+        count = torch.bincount(y, minlength=self.num_classes).to(torch.float64)
+        mean = torch.zeros_like(self.mean).index_add_(0, y, z) / count.clamp(min=1).unsqueeze(-1)
+        sq = (z - mean[y]).pow(2).sum(-1)  # two-pass inside the batch
+        m2 = torch.zeros_like(self.m2).index_add_(0, y, sq)
+        self._merge(count, mean, m2)
+
+    def _merge(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        self.count, self.mean, self.m2 = combine(
+            torch.stack([self.count, count]), torch.stack([self.mean, mean]), torch.stack([self.m2, m2]))
+
+    def sync(self) -> None:
+        """Reduce across processes (torch.distributed via accelerate); a no-op with one process."""
+        from accelerate.state import PartialState
+        from accelerate.utils import gather
+
+        world = PartialState().num_processes
+        if world == 1:
+            return
+        k = self.num_classes
+        count = gather(self.count).reshape(world, k)
+        mean = gather(self.mean).reshape(world, k, self.dim)
+        m2 = gather(self.m2).reshape(world, k)
+        self.count, self.mean, self.m2 = combine(count, mean, m2)
+
+    def summary(self) -> Summary:
+        """R_c^2 (classes with fewer than 2 samples left out and reported), global variance, rho."""
+        counts = self.count.round().long().tolist()
+        small = {c: n for c, n in enumerate(counts) if n < 2}
+        kept = [c for c in range(self.num_classes) if c not in small]
+        if len(kept) < 2:
+            raise ProfileError(
+                f"R_c^2 needs at least 2 classes with 2 or more samples; per-class counts are {counts}. "
+                "Profile more samples (raise --max-samples) or check the labels")
+        per_class = (self.m2 / self.count.clamp(min=1)).tolist()
+        rc2_per_class = [None if c in small else per_class[c] for c in range(self.num_classes)]
+        rc2 = sum(per_class[c] for c in kept) / len(kept)
+        n, mu, ss = combine(self.count.unsqueeze(1), self.mean.unsqueeze(1), self.m2.unsqueeze(1))
+        global_var = float(ss[0] / n[0])
+        rho = rc2 / global_var if global_var > 0 else 0.0
+        return Summary(counts, rc2_per_class, rc2, global_var, rho, small)
