@@ -63,3 +63,35 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = vortex("probe", *[x for kv in base.items() for x in kv], check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and message in proc.stderr
+
+
+CUSTOM = '''
+from torch import nn
+
+def build(num_classes, in_channels, image_size):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * image_size * image_size, num_classes))
+'''
+
+
+@pytest.mark.parametrize("flags,shape", [([], [4 * 8 * 8]), (["--image-size", "12", "--channels", "3"], [4 * 12 * 12])])
+def test_custom_model_gets_stored_size_unless_told(tmp_path, monkeypatch, flags, shape):
+    (tmp_path / "tinynet.py").write_text(CUSTOM)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    vortex("probe", "--model", "tinynet:build", "--dataset", "digits", "--out", tmp_path / "out", *flags)
+    profile = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert profile["splits"][0]["shape"] == shape
+    assert [s["name"] for s in profile["splits"]] == ["2", "3"]  # the cut goes after conv, ReLU and Flatten
+
+
+def test_checkpoint_on_data_with_other_classes_is_refused(tmp_path):
+    for label in ("cat", "dog"):
+        for i in range(3):
+            (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / "imgs" / label / f"{i}.png")
+    vortex("train", "--recipe", "recipes/cnn_digits.yaml", "--output_dir", tmp_path / "ckpt", "--epochs", "1",
+           "--max_train_samples", "64")
+    proc = vortex("probe", "--model", tmp_path / "ckpt", "--dataset", tmp_path / "imgs", "--out", tmp_path / "o",
+                  check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "has 10 outputs but the data set has 2 classes" in proc.stderr
