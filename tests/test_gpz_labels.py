@@ -35,7 +35,17 @@ def test_gpz_needs_two_splits():
 
 
 def test_posthoc_largest_rise():
-    assert locate_posthoc([0.01, 0.012, 0.05, 0.055])["index"] == 3
+    assert locate_posthoc([1, 2, 3, 4], [0.01, 0.012, 0.05, 0.055])["index"] == 3
+
+
+def test_posthoc_on_a_subset_of_splits():
+    post = locate_posthoc([1, 3, 5], [0.01, 0.012, 0.05])
+    assert post["index"] == 5 and post["interval"] == [4, 5]
+    assert post["rises"] == pytest.approx([0.002, 0.038])
+    with pytest.raises(ProfileError, match="must increase"):
+        locate_posthoc([3, 1], [0.01, 0.02])
+    with pytest.raises(ProfileError, match="2 or more"):
+        locate_posthoc([2], [0.01])
 
 
 def test_soft_targets_rows():

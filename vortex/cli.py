@@ -1,4 +1,4 @@
-"""The `vortex` command: probe a model's splits, train with Accelerate."""
+"""The `vortex` command: probe a model's splits, attack them, train with Accelerate."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .attacks.cli import add_attack_parser
 from .errors import VortexError
+from .hub_cli import add_publish_parser, add_pull_parser
 
 DESCRIPTION = """\
 vortex: find where a vision model may be split for private edge-cloud inference.
 
   vortex probe  --model cnn --dataset digits --out runs/probe      R_c^2 / rho profile and a-priori GPZ
+  vortex attack --model DIR --dataset digits --out runs/attack     inversion attack at every split vs the GPZ
   vortex train  --recipe recipes/cnn_digits.yaml --output_dir DIR   Accelerate training -> checkpoint
+  vortex publish DIR --repo-id ORG/NAME                            push a checkpoint to the Hub (one commit)
+  vortex pull   ORG/NAME --part edge --out DIR                     download the edge half only, verified
 
 Models: a built-in (cnn, resnet18, vgg16_bn, vit), a checkpoint directory written by vortex,
-or package.module:function returning an nn.Module. Data: digits, fashion-mnist, mnist-5k,
-an image folder (one sub-folder per class), a .parquet file, or a Hub dataset id.
+a Hub repo id ORG/NAME, or package.module:function returning an nn.Module. Data: digits,
+fashion-mnist, mnist-5k, an image folder (one sub-folder per class), a .parquet file, or a Hub dataset id.
 """
 
 
@@ -93,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vortex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_probe_parser(sub)
+    add_attack_parser(sub)
+    add_publish_parser(sub)
+    add_pull_parser(sub)
     sub.add_parser("train", add_help=False, help="train with Accelerate (same as accelerate launch vortex/train.py); "
                                                  "`vortex train --help` lists its options")
     return parser

@@ -15,3 +15,11 @@ class SplitError(VortexError):
 
 class ProfileError(VortexError):
     """Features or labels that do not allow a profile (NaN, too few samples, wrong classes)."""
+
+
+class AttackError(VortexError):
+    """An inversion attack that cannot run as asked (aux data, split outputs, options)."""
+
+
+class HubError(VortexError):
+    """A Hub repo or push that vortex cannot use: not found, not a vortex checkpoint, unsafe, unreachable."""

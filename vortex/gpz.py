@@ -37,10 +37,19 @@ def locate_gpz(values: Sequence[float], quantity: str = "rho",
             "quantity": quantity, "drops": drops}
 
 
-def locate_posthoc(mse: Sequence[float]) -> dict:
-    """The split after the largest rise of attack MSE (the GPZ as attacks see it)."""
+def locate_posthoc(indices: Sequence[int], mse: Sequence[float]) -> dict:
+    """The split after the largest rise of attack MSE (the GPZ as attacks see it).
+
+    `indices` are the attacked splits in increasing order (a subset such as 1, 3, 5 is fine);
+    the rise between two attacked splits a < b is credited to b, and `interval` [a + 1, b]
+    says where between them it happened.
+    """
+    if len(indices) != len(mse):
+        raise ProfileError(f"{len(indices)} split indices but {len(mse)} MSE values")
     if len(mse) < 2:
         raise ProfileError(f"a post-hoc GPZ needs attacks at 2 or more splits, got {len(mse)}")
+    if any(b <= a for a, b in zip(indices[:-1], indices[1:])):
+        raise ProfileError(f"split indices must increase, got {list(indices)}")
     rises = [b - a for a, b in zip(mse[:-1], mse[1:])]
     best = max(range(len(rises)), key=lambda i: rises[i])
-    return {"index": best + 2, "rises": rises}
+    return {"index": indices[best + 1], "interval": [indices[best] + 1, indices[best + 1]], "rises": rises}

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from .checkpoint import is_checkpoint, load_checkpoint
-from .errors import VortexError
+from .errors import HubError, VortexError
 from .models import BUILTINS, ModelSpec, build_model, input_size, split_model
 from .splits import SplitModel
 
@@ -41,12 +41,21 @@ def resolve_spec(arg: str, *, num_classes: int, data_channels: int, data_size: i
 def load_model(arg: str, *, num_classes: int, data_channels: int, data_size: int,
                image_size: int | None = None, channels: int | None = None,
                split_points: Sequence[str] | None = None) -> LoadedModel:
-    """Build or load the model named by `arg` and find its split points."""
-    if Path(arg).is_dir():
-        if not is_checkpoint(arg):
+    """Build or load the model named by `arg` (a Hub repo id is downloaded) and find its split points."""
+    path = Path(arg)
+    if "/" in arg and ":" not in arg and not path.exists():
+        from .hub import fetch_checkpoint, is_repo_id
+
+        if is_repo_id(arg):
+            try:
+                path = fetch_checkpoint(arg)
+            except HubError as exc:
+                raise HubError(f"'{arg}' is not a local directory, and as a Hub repo id: {exc}") from None
+    if path.is_dir():
+        if not is_checkpoint(path):
             raise VortexError(f"'{arg}' is a directory but not a vortex checkpoint (no config.json and "
                               "model.safetensors); pass a checkpoint written by `vortex train`")
-        model, spec, saved_points = load_checkpoint(arg)
+        model, spec, saved_points = load_checkpoint(path)
         if spec.num_classes != num_classes:
             raise VortexError(f"model '{arg}' has {spec.num_classes} outputs but the data set has "
                               f"{num_classes} classes; profile it on data with the classes it was trained on")

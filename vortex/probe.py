@@ -51,11 +51,10 @@ def collect_stats(sm: SplitModel, ds: datasets.Dataset, *, num_classes: int, ima
             if stats is None:
                 stats = [ClassStats(num_classes, z[0].numel(), device) for z in zs]
             for split, (s, z) in enumerate(zip(stats, zs), start=1):
-                if not torch.isfinite(z).all():
+                if not s.update(z, target):
                     raise ProfileError(
                         f"split {split} ({sm.splits[split - 1].name}) produced NaN or Inf features; "
                         "check the model weights and the input scaling")
-                s.update(z, target)
     if stats is None:
         raise ProfileError("no samples to profile: the data set (or this process's shard) is empty")
     for s in stats:

@@ -28,8 +28,9 @@ class Recipe:
     max_train_samples: int | None = None
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4})
     scheduler: str = "cosine"
-    label_smoothing: float = 0.0
+    label_smoothing: float | list[float] | dict[str, float] = 0.0
     probe: dict[str, Any] = field(default_factory=lambda: {"max_samples": None, "batch_size": 256})
+    controller: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,8 +48,10 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
         raise VortexError(f"recipe '{path}' has unknown keys {unknown}; known keys: {sorted(known)}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     recipe = Recipe(**data)
-    if recipe.label_smoothing >= 1:
-        raise VortexError(f"label_smoothing must be below 1 (negative is allowed), got {recipe.label_smoothing}")
+    ls = recipe.label_smoothing
+    alphas = list(ls.values()) if isinstance(ls, dict) else list(ls) if isinstance(ls, list) else [ls]
+    if any(float(a) >= 1 for a in alphas):
+        raise VortexError(f"label_smoothing must be below 1 (negative is allowed), got {ls}")
     if recipe.scheduler not in ("cosine", "constant"):
         raise VortexError(f"scheduler must be 'cosine' or 'constant', not '{recipe.scheduler}'")
     if recipe.optimizer.get("name", "adamw") not in ("adamw", "sgd"):

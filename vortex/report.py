@@ -27,3 +27,26 @@ def profile_table(profile: dict[str, Any]) -> str:
     rows.append(f"GPZ a priori: split {gpz['index']} (zone {gpz['zone']}; {gpz['criterion']}); "
                 f"{profile['num_samples']} samples, {profile['labels']} labels, accuracy {profile['accuracy']:.3f}")
     return "\n".join(rows)
+
+
+def attack_table(result: dict[str, Any]) -> str:
+    """One row per attacked split: name, z shape, MSE, PSNR, SSIM, cosine, rho; then both GPZs."""
+    predicted, posthoc = result["gpz_predicted"], result["gpz_posthoc"]
+    zone = predicted.get("zone") or []
+    rows = [f"{'split':>5}  {'name':<16} {'z shape':<14} {'mse':>8} {'psnr':>7} {'ssim':>6} {'cosine':>7} "
+            f"{'rho':>6}"]
+    for s in result["splits"]:
+        mark = ("  <- GPZ a priori" if s["index"] == predicted.get("index")
+                else "  (zone)" if s["index"] in zone else "")
+        if s["index"] == posthoc.get("index"):
+            mark += "  <- post hoc"
+        rho = f"{s['rho']:>6.3f}" if "rho" in s else f"{'-':>6}"
+        rows.append(f"{s['index']:>5}  {s['name'][:16]:<16} {'x'.join(map(str, s['shape'])):<14} {s['mse']:>8.4f} "
+                    f"{s['psnr']:>7.2f} {s['ssim']:>6.3f} {s['cosine']:>7.3f} {rho}{mark}")
+    agreement = {True: "they agree", False: "they disagree", None: "agreement n/a"}[result.get("agreement")]
+    post = (f"split {posthoc['index']} (largest MSE rise, within splits {posthoc['interval']})"
+            if posthoc.get("index") is not None else posthoc.get("reason", "n/a"))
+    rows.append(f"GPZ a priori: split {predicted.get('index')} (zone {zone}); post hoc: {post}; {agreement}. "
+                f"{result['attack']} attack, aux {result['aux_dataset'] or 'none'}, "
+                f"{result['splits'][0]['num_images']} private images scored")
+    return "\n".join(rows)

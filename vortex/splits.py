@@ -172,12 +172,20 @@ class SplitModel(nn.Module):
         gm.recompile()
         return gm
 
-    def _capture_graph(self) -> fx.Graph:
+    def _capture_graph(self, indices: Sequence[int] | None = None) -> fx.Graph:
+        cuts = self._cut_nodes if indices is None else [self._cut_nodes[self.resolve(k) - 1] for k in indices]
         g, env = fx.Graph(), {}
         for node in self._nodes[:-1]:
             env[node] = g.node_copy(node, env.__getitem__)
-        g.output((env[self._output], *[env[n] for n in self._cut_nodes]))
+        g.output((env[self._output], *[env[n] for n in cuts]))
         return g
+
+    def tap(self, indices: Sequence[int]) -> fx.GraphModule:
+        """A module sharing the model's weights that returns (output, z at each split in `indices`).
+
+        Train through it when the loss needs intermediate features (it can be wrapped by DDP).
+        """
+        return self._graph_module(self._capture_graph(indices))
 
     def resolve(self, split: int | str) -> int:
         """The 1-based index of a split given by index or by name, with a clear error."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .errors import ProfileError
 
@@ -44,15 +45,18 @@ class ClassStats:
         self.mean = torch.zeros(num_classes, dim, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(num_classes, dtype=torch.float64, device=device)
 
-    def update(self, z: torch.Tensor, y: torch.Tensor) -> None:
-        """Add a batch: z [B, ...] (flattened to [B, dim]) with integer labels y [B]."""
+    def update(self, z: torch.Tensor, y: torch.Tensor) -> bool:
+        """Add a batch: z [B, ...] (flattened to [B, dim]) with integer labels y [B].
+
+        Returns False if z held NaN or Inf (they reach every per-class M2 they touch).
+        """
         z = z.reshape(z.shape[0], -1).to(torch.float64)
-        y = y.to(z.device)
-        count = torch.bincount(y, minlength=self.num_classes).to(torch.float64)
-        mean = torch.zeros_like(self.mean).index_add_(0, y, z) / count.clamp(min=1).unsqueeze(-1)
-        sq = (z - mean[y]).pow(2).sum(-1)  # two-pass inside the batch
-        m2 = torch.zeros_like(self.m2).index_add_(0, y, sq)
+        onehot = F.one_hot(y.to(z.device), self.num_classes).to(torch.float64)  # class sums as one matmul
+        count = onehot.sum(0)
+        mean = onehot.T @ z / count.clamp(min=1).unsqueeze(-1)
+        m2 = onehot.T @ (z - mean[y]).pow(2).sum(-1)  # two-pass inside the batch
         self._merge(count, mean, m2)
+        return bool(torch.isfinite(m2).all())
 
     def _merge(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
         self.count, self.mean, self.m2 = combine(

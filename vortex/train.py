@@ -1,12 +1,19 @@
 """Train a vision model with Hugging Face Accelerate and write a vortex checkpoint.
 
     accelerate launch vortex/train.py --recipe recipes/cnn_digits.yaml --output_dir runs/cnn
+    accelerate launch vortex/train.py --target-gpz 6 --output_dir runs/gpz6   # land the GPZ at split 6
     vortex train --recipe recipes/cnn_digits.yaml --output_dir runs/cnn        # the same program
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 vortex/train.py ...       # 2 CPU processes
 
-The checkpoint holds model.safetensors, config.json, vortex.json (splits, final profile) and
-profile.json / profile.png. Training state goes to OUTPUT_DIR/state/ every epoch (or every
---checkpointing_steps steps); --resume_from_checkpoint latest continues from the newest one.
+The checkpoint holds model.safetensors, config.json, vortex.json (splits, final profile,
+controller history) and profile.json / profile.png (and vortex.png with a target). Training
+state goes to OUTPUT_DIR/state/ every epoch (or every --checkpointing_steps steps);
+--resume_from_checkpoint latest continues from the newest one, controller included.
+
+With --target-gpz K a controller (vortex/controller.py) measures the GPZ on a probe set held
+out from the training split every few steps and moves label-driven levers until the GPZ
+starts at split K. The run exits with status 3 if the saved model misses the target or
+loses more than --max-accuracy-drop test accuracy against an untargeted run of the same recipe.
 """
 
 from __future__ import annotations
@@ -18,24 +25,32 @@ if __package__ in (None, ""):  # run as a script: import the package, not its si
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import copy
+import json
 import math
 import re
+import time
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, set_seed
+from safetensors.torch import load_model, save_model
 
-from vortex.checkpoint import save_checkpoint
+from vortex.checkpoint import is_checkpoint, save_checkpoint
+from vortex.controller import ControllerConfig, GPZController, check_target
 from vortex.data import data_shape, load_data, make_loader, num_classes, take
 from vortex.errors import VortexError
-from vortex.files import write_json
+from vortex.files import write_atomic
 from vortex.labels import soft_target_loss
+from vortex.levers import lever_loss, smoothing_at
 from vortex.loading import resolve_spec
 from vortex.models import build_model, split_model
-from vortex.plots import plot_profile
-from vortex.probe import profile_model
+from vortex.plots import plot_vortex
+from vortex.probe import collect_stats, profile_model
 from vortex.recipe import load_recipe
 from vortex.report import profile_table
+
+TARGET_MISSED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", help="YAML recipe from recipes/ (default: recipes/cnn_digits.yaml)")
     p.add_argument("--output_dir", "--output-dir", required=True, help="where the checkpoint is written")
+    p.add_argument("--target-gpz", "--target_gpz", type=int,
+                   help="split K where the GPZ should start (2..L); turns on the controller")
+    p.add_argument("--max-accuracy-drop", "--max_accuracy_drop", type=float, default=0.02,
+                   help="with --target-gpz: largest test-accuracy loss allowed against the untargeted run "
+                        "(default 0.02 = 2 points)")
+    p.add_argument("--baseline", default="auto",
+                   help="with --target-gpz: the untargeted run to compare accuracy with: a checkpoint directory, "
+                        "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'")
     p.add_argument("--model", help="override the recipe's model (built-in name or package.module:function)")
     p.add_argument("--dataset", help="override the recipe's data set")
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
@@ -56,9 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint",
                    help="a state directory under OUTPUT_DIR/state, or 'latest'")
     p.add_argument("--with_tracking", "--with-tracking", action="store_true",
-                   help="log loss and accuracy through Accelerator(log_with=...)")
+                   help="log loss, accuracy, levers and GPZ through Accelerator(log_with=...)")
     p.add_argument("--report_to", "--report-to", default="tensorboard",
                    help="tracker for --with_tracking (tensorboard works offline; 'all' for every installed one)")
+    p.add_argument("--push_to_hub", "--push-to-hub", action="store_true",
+                   help="publish the checkpoint to the Hub when training ends (same as `vortex publish`)")
+    p.add_argument("--hub_model_id", "--hub-model-id",
+                   help="ORG/NAME of the Hub repo for --push_to_hub (default: OUTPUT_DIR's name in your namespace)")
+    p.add_argument("--hub_private_repo", "--hub-private-repo", action="store_true",
+                   help="create the Hub repo private")
+    p.add_argument("--hub_revision", "--hub-revision", help="branch to push to (default: main)")
+    p.add_argument("--holdout-probe", action="store_true", help=argparse.SUPPRESS)  # set for baseline runs
     return p
 
 
@@ -85,7 +116,8 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> float:
     model.eval()
     correct = total = 0
     for x, y in loader:
-        pred = accelerator.gather_for_metrics(model(x).argmax(1))
+        out = model(x)
+        pred = accelerator.gather_for_metrics((out[0] if isinstance(out, tuple) else out).argmax(1))
         y = accelerator.gather_for_metrics(y)
         correct += int((pred == y).sum())
         total += len(y)
@@ -93,44 +125,107 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> float:
     return correct / max(total, 1)
 
 
+def baseline_accuracy(args: argparse.Namespace, output_dir: Path) -> tuple[Path | None, float | None]:
+    """The untargeted run to guard accuracy against: its directory and test accuracy."""
+    if args.baseline == "none":
+        return None, None
+    base_dir = output_dir / "baseline" if args.baseline == "auto" else Path(args.baseline)
+    if args.baseline == "auto" and not is_checkpoint(base_dir):
+        base_args = copy.copy(args)
+        base_args.output_dir, base_args.target_gpz, base_args.holdout_probe = str(base_dir), None, True
+        base_args.resume_from_checkpoint = "latest" if (base_dir / "state").is_dir() else None
+        base_args.with_tracking = False
+        for extra in ("push_to_hub",):
+            if hasattr(base_args, extra):
+                setattr(base_args, extra, False)
+        train(base_args)
+    meta = base_dir / "vortex.json"
+    if not meta.is_file():
+        raise VortexError(f"--baseline {base_dir} is not a vortex checkpoint with a vortex.json; train one "
+                          "without --target-gpz, or pass --baseline auto")
+    return base_dir, float(json.loads(meta.read_text())["test_accuracy"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return train(build_parser().parse_args(argv))
+
+
+def train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, model=args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
                          label_smoothing=args.label_smoothing, max_train_samples=args.max_train_samples)
     if args.lr is not None:
         recipe.optimizer["lr"] = args.lr
     output_dir = Path(args.output_dir)
+    target = args.target_gpz
+    ctrl_cfg = ControllerConfig.from_dict(recipe.controller)
+
+    # Data and model; with a target, a probe set is held out of the training split
+    data = load_data(recipe.dataset)  # the fixed default split: every command sees the same test set
+    train_ds, test_ds = take(data["train"], recipe.max_train_samples), data["test"]
+    probe_ds = None
+    if target is not None or args.holdout_probe:
+        parts = train_ds.train_test_split(test_size=ctrl_cfg.probe_samples, seed=0, stratify_by_column="label")
+        train_ds, probe_ds = parts["train"], parts["test"]
+    channels, height, _ = data_shape(train_ds)
+    k_classes = num_classes(train_ds)
+    spec = resolve_spec(recipe.model, num_classes=k_classes, data_channels=channels, data_size=height,
+                        image_size=recipe.image_size, channels=recipe.channels, options=recipe.model_options)
+    base_dir, base_acc = None, None
+    if target is not None:  # refuse a bad target before any training (the baseline's included) starts
+        check_target(target, [s.name for s in split_model(build_model(spec), spec).splits])
+        base_dir, base_acc = baseline_accuracy(args, output_dir)
+    set_seed(recipe.seed)
+    model = build_model(spec)
+    sm = split_model(model, spec)
+    split_names = [s.name for s in sm.splits]
 
     accelerator = Accelerator(
         log_with=args.report_to if args.with_tracking else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    set_seed(recipe.seed)
-
-    # Data and model
-    data = load_data(recipe.dataset)  # the fixed default split: every command sees the same test set
-    train_ds, test_ds = take(data["train"], recipe.max_train_samples), data["test"]
-    channels, height, _ = data_shape(train_ds)
-    spec = resolve_spec(recipe.model, num_classes=num_classes(train_ds), data_channels=channels, data_size=height,
-                        image_size=recipe.image_size, channels=recipe.channels, options=recipe.model_options)
-    model = build_model(spec)
     size, chans = spec.image_size, spec.in_channels
     train_loader = make_loader(train_ds, recipe.batch_size, image_size=size, channels=chans, shuffle=True,
                                seed=recipe.seed)
     test_loader = make_loader(test_ds, 256, image_size=size, channels=chans)
 
-    optimizer = make_optimizer(model, recipe.optimizer)
+    controller = None
+    if target is not None:  # accuracy guard: held-out probe accuracy vs the baseline's test accuracy
+        controller = GPZController(target, split_names, ctrl_cfg, base_acc,
+                                   args.max_accuracy_drop if base_acc is not None else None)
+        accelerator.register_for_checkpointing(controller)
+        accelerator.print(f"controller: target GPZ at split {target} ({split_names[target - 1]}), measuring every "
+                          f"{ctrl_cfg.every}-{ctrl_cfg.max_every} steps on {len(probe_ds)} held-out samples"
+                          + (f"; baseline test accuracy {base_acc:.4f}" if base_acc is not None else ""))
+
+    # Train through a tap of the model that also returns z at the levers' splits
+    net = sm.tap(controller.lever_splits if controller else [])
+    optimizer = make_optimizer(net, recipe.optimizer)
     total_steps = recipe.epochs * math.ceil(len(train_loader) / accelerator.num_processes)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
                  if recipe.scheduler == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
-    model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, test_loader, scheduler)
+    net, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
+        net, optimizer, train_loader, test_loader, scheduler)
     steps_per_epoch = len(train_loader)
 
     if args.with_tracking:
         accelerator.init_trackers("vortex", config={k: v for k, v in recipe.to_dict().items()
                                                     if isinstance(v, (int, float, str, bool))})
+
+    def measure(step: int) -> None:
+        """Profile the probe set (every process a shard), let the controller decide, keep the best weights."""
+        for buf in model.buffers():  # batch-norm statistics as rank 0 has them
+            buf.copy_(broadcast(buf))
+        stats, acc = collect_stats(sm, probe_ds, num_classes=k_classes, image_size=size, channels=chans,
+                                   batch_size=ctrl_cfg.probe_batch_size, progress=False)
+        entry = controller.observe(step, [s.summary().rho for s in stats], acc, step / max(total_steps, 1))
+        accelerator.print(f"step {step}: GPZ {entry['gpz']} (target {target}, lead {entry['ratio']:.2f}), "
+                          f"probe accuracy {acc:.3f} -> {entry['decision']}")
+        if args.with_tracking:
+            accelerator.log({"gpz": entry["gpz"], "lever/pull": entry["levers"]["pull"],
+                             "lever/hold": entry["levers"]["hold"], "probe_accuracy": acc}, step=step)
+        if controller.is_better(entry) and accelerator.is_main_process:
+            write_atomic(output_dir / "best" / "model.safetensors", lambda tmp: save_model(model, tmp))
 
     # Resume: the state directory name says how many optimiser steps were done
     step = 0
@@ -145,48 +240,90 @@ def main(argv: list[str] | None = None) -> int:
 
     every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
     start_epoch, skip = divmod(step, steps_per_epoch)
-    accuracy = 0.0
-    model.train()
+    accuracy, started, measuring = 0.0, time.perf_counter(), 0.0
+    net.train()
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip) if epoch == start_epoch and skip else train_loader
         running, batches = 0.0, 0
         for x, y in loader:
-            loss = soft_target_loss(model(x), y, recipe.label_smoothing)
+            out, *zs = net(x)
+            loss = soft_target_loss(out, y, smoothing_at(recipe.label_smoothing, step / max(total_steps, 1)))
+            if controller:
+                loss = loss + lever_loss(zs, y, k_classes, target, controller.levers)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             step += 1
             running, batches = running + loss.item(), batches + 1
+            if controller and controller.due(step):
+                t0 = time.perf_counter()
+                measure(step)
+                measuring += time.perf_counter() - t0
             if every and step % every == 0:
                 accelerator.save_state(str(output_dir / "state" / f"step_{step}"))
-        accuracy = evaluate(model, test_loader, accelerator)
+        accuracy = evaluate(net, test_loader, accelerator)
         accelerator.print(f"epoch {epoch + 1}/{recipe.epochs}: loss {running / max(batches, 1):.4f}, "
                           f"test accuracy {accuracy:.4f}")
         if args.with_tracking:
             accelerator.log({"train_loss": running / max(batches, 1), "test_accuracy": accuracy}, step=step)
         if every is None:
             accelerator.save_state(str(output_dir / "state" / f"step_{step}"))
+    train_time = time.perf_counter() - started
 
-    # Profile the trained model on held-out data (every process takes a shard), then save
+    # With a target: finish on a measurement; fall back to the best weights if the end missed it
+    if controller:
+        if not controller.history or controller.history[-1]["step"] != step:
+            measure(step)
+        if not controller.history[-1]["reached"] and controller.best and controller.best["step"] != step:
+            accelerator.wait_for_everyone()
+            load_model(model, str(output_dir / "best" / "model.safetensors"))
+            accelerator.print(f"target missed at the end: restoring the closest point, step {controller.best['step']} "
+                              f"(GPZ {controller.best['gpz']})")
+            accuracy = evaluate(net, test_loader, accelerator)
+
+    # Profile the saved model on held-out test data (every process takes a shard), then save
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    sm = split_model(unwrapped, spec)
     probe = recipe.probe
     profile = profile_model(sm, test_ds, model_name=str(output_dir), dataset_name=recipe.dataset, image_size=size,
                             channels=chans, batch_size=int(probe.get("batch_size", 256)),
                             max_samples=probe.get("max_samples"))
+    meta = {"recipe": recipe.to_dict(), "test_accuracy": accuracy, "train_seconds": train_time,
+            "profile": profile, "gpz": profile["gpz"]}
+    status, verdict = 0, ""
+    if controller:
+        reached = profile["gpz"]["index"]
+        meta.update({"target_gpz": target, "reached_gpz": reached, "measure_seconds": measuring,
+                     "baseline": {"dir": str(base_dir) if base_dir else None, "test_accuracy": base_acc},
+                     "controller": controller.summary()})
+        problems = []
+        if reached != target:
+            problems.append(f"GPZ at split {reached}, not {target} (closest on the probe set during training: "
+                            f"{controller.best['gpz'] if controller.best else 'none'})")
+        if base_acc is not None and accuracy < base_acc - args.max_accuracy_drop:
+            problems.append(f"test accuracy {accuracy:.4f} is more than {args.max_accuracy_drop:.3f} below the "
+                            f"untargeted run's {base_acc:.4f}")
+        status = TARGET_MISSED if problems else 0
+        verdict = ("TARGET MISSED: " + "; ".join(problems) + ". The checkpoint is saved anyway."
+                   if problems else f"target reached: GPZ at split {target}, test accuracy {accuracy:.4f}"
+                   + (f" (untargeted {base_acc:.4f})" if base_acc is not None else ""))
+        meta["target_reached"] = not problems
     if accelerator.is_main_process:
-        save_checkpoint(output_dir, unwrapped, spec, [s.name for s in sm.splits],
-                        meta={"recipe": recipe.to_dict(), "test_accuracy": accuracy, "profile": profile,
-                              "gpz": profile["gpz"]})
-        write_json(output_dir / "profile.json", profile)
-        plot_profile(profile, output_dir / "profile.png")
+        if controller:  # before the checkpoint, so its model card shows it
+            plot_vortex(controller.summary(), split_names, output_dir / "vortex.png")
+        save_checkpoint(output_dir, model, spec, split_names, meta=meta)  # + profile.json/png, halves, card
         accelerator.print(profile_table(profile))
+        if verdict:
+            accelerator.print(verdict)
         accelerator.print(f"checkpoint written to {output_dir}")
     accelerator.end_training()
-    return 0
+    if args.push_to_hub and accelerator.is_main_process:  # the checkpoint is complete on disk first
+        from vortex.hub_cli import push_checkpoint
+
+        push_checkpoint(output_dir, args.hub_model_id or output_dir.resolve().name, private=args.hub_private_repo,
+                        revision=args.hub_revision)
+    return status
 
 
 if __name__ == "__main__":

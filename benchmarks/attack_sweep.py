@@ -1,0 +1,119 @@
+"""Does the a-priori GPZ agree with what inversion attacks find? cnn and resnet18 on Fashion-MNIST.
+
+    python benchmarks/attack_sweep.py [--quick] [--out runs/attack_sweep]
+
+Trains each model with vortex/train.py on part of the Fashion-MNIST train split (checkpoints
+under OUT are reused on a rerun), profiles it, and runs the decoder attack at every split with
+two auxiliary sets: train rows the model never saw (same domain) and mnist-5k (cross domain).
+Prints per split MSE / PSNR / SSIM, the a-priori and post-hoc GPZ, MSE(GPZ) / MSE(split 1)
+(the paper reports more than 4x) and the time of the sweep vs the time of the probe; writes
+OUT/<model>_<aux>/attack.json and attack.png. Full: about 20 min on a 2-core CPU; --quick: ~6.
+Needs the Debian package dataset-fashion-mnist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import yaml
+
+from vortex.attacks.sweep import AttackConfig, attack_report, attack_splits, unseen_train_rows
+from vortex.checkpoint import is_checkpoint, read_meta
+from vortex.data import load_data, take
+from vortex.files import write_json
+from vortex.loading import load_model
+from vortex.plots import plot_attack
+from vortex.probe import profile_model
+from vortex.report import attack_table
+from vortex.train import main as train
+
+SETTINGS = {  # train images, train epochs, aux images, private images, decoder epochs
+    "full": {"cnn": (12000, 3), "resnet18": (5000, 2), "aux": 2000, "private": 500, "epochs": 10},
+    "quick": {"cnn": (3000, 2), "resnet18": (2000, 2), "aux": 600, "private": 200, "epochs": 4},
+}
+MODELS = {"cnn": {"model_options": {"width": 32}, "optimizer": {"name": "adamw", "lr": 0.003}},
+          "resnet18": {"optimizer": {"name": "adamw", "lr": 0.001}}}
+
+
+def trained(model: str, out: Path, samples: int, epochs: int) -> Path:
+    """A checkpoint of `model` trained on the first `samples` rows of the seed-0 shuffled train split."""
+    ckpt = out / f"{model}_fashion"
+    if is_checkpoint(ckpt) and read_meta(ckpt).get("recipe", {}).get("max_train_samples") == samples:
+        return ckpt
+    recipe = {"model": model, "dataset": "fashion-mnist", "seed": 0, "epochs": epochs, "batch_size": 64,
+              "max_train_samples": samples, "scheduler": "cosine", "probe": {"max_samples": 1000, "batch_size": 256},
+              **MODELS[model]}
+    path = out / f"{model}_recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe))
+    start = time.perf_counter()
+    train(["--recipe", str(path), "--output_dir", str(ckpt)])
+    print(f"trained {model} in {time.perf_counter() - start:.0f} s")
+    return ckpt
+
+
+def sweep(model: str, ckpt: Path, aux_name: str, setting: dict, fashion, out: Path) -> dict:
+    """Profile, then attack every split; returns the attack.json dict with timings and ratios."""
+    loaded = load_model(str(ckpt), num_classes=10, data_channels=1, data_size=28)
+    private = take(fashion["test"], setting["private"], seed=0)
+    kw = dict(image_size=loaded.spec.image_size, channels=loaded.spec.in_channels)
+    start = time.perf_counter()
+    profile = profile_model(loaded.split, private, model_name=model, dataset_name="fashion-mnist", progress=False, **kw)
+    probe_s = time.perf_counter() - start
+    if aux_name == "fashion-mnist":
+        aux, source = unseen_train_rows(fashion["train"], read_meta(ckpt), "fashion-mnist")
+    else:
+        aux, source = load_data(aux_name)["train"], "train split"
+    config = AttackConfig(epochs=setting["epochs"], seed=0, progress=False)
+    start = time.perf_counter()
+    attacks = attack_splits(loaded.split, private, aux, [s.index for s in loaded.split.splits], config,
+                            aux_samples=setting["aux"], **kw)
+    sweep_s = time.perf_counter() - start
+    result = attack_report(attacks, model=model, dataset="fashion-mnist", aux_dataset=aux_name, attack="decoder",
+                           profile=profile, extra={"aux_source": source, "probe_seconds": probe_s,
+                                                   "sweep_seconds": sweep_s, "accuracy": profile["accuracy"]})
+    mse = {s["index"]: s["mse"] for s in result["splits"]}
+    for key, gpz in (("gpz", result["gpz_predicted"]), ("posthoc", result["gpz_posthoc"])):
+        result[f"mse_ratio_{key}_to_split1"] = mse[gpz["index"]] / mse[1] if gpz["index"] else None
+    run_dir = out / f"{model}_{aux_name}"
+    write_json(run_dir / "attack.json", result)
+    plot_attack(result, run_dir / "attack.png")
+    return result
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller models, data and budgets (a few minutes)")
+    parser.add_argument("--out", default="runs/attack_sweep",
+                        help="checkpoints and results (default: runs/attack_sweep)")
+    args = parser.parse_args()
+    setting = SETTINGS["quick" if args.quick else "full"]
+    out = Path(args.out) / ("quick" if args.quick else "full")
+    fashion = load_data("fashion-mnist")
+    summary = []
+    for model in ("cnn", "resnet18"):
+        ckpt = trained(model, out, *setting[model])
+        for aux_name in ("fashion-mnist", "mnist-5k"):
+            result = sweep(model, ckpt, aux_name, setting, fashion, out)
+            print(f"\n== {model} on fashion-mnist (accuracy {result['accuracy']:.3f}), aux {aux_name} "
+                  f"({result['aux_source']}, {setting['aux']} images), {setting['private']} private test images")
+            print(attack_table(result))
+            summary.append(result)
+    print(f"\n{'model':<9} {'aux':<14} {'acc':>5} {'GPZ a priori':>12} {'post hoc':>8} {'agree':>5} "
+          f"{'MSE(GPZ)/MSE(1)':>15} {'MSE(post)/MSE(1)':>16} {'sweep s':>8} {'probe s':>8} {'ratio':>6}")
+    for r in summary:
+        gpz, post = r["gpz_predicted"]["index"], r["gpz_posthoc"]["index"]
+        print(f"{r['model']:<9} {r['aux_dataset']:<14} {r['accuracy']:>5.3f} {gpz:>12} {str(post):>8} "
+              f"{str(r['agreement']):>5} {_ratio(r['mse_ratio_gpz_to_split1']):>15} "
+              f"{_ratio(r['mse_ratio_posthoc_to_split1']):>16} {r['sweep_seconds']:>8.1f} {r['probe_seconds']:>8.2f} "
+              f"{r['sweep_seconds'] / r['probe_seconds']:>5.0f}x")
+
+
+if __name__ == "__main__":
+    main()

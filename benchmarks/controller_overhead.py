@@ -1,0 +1,47 @@
+"""Share of training wall time the GPZ controller spends measuring.
+
+    python benchmarks/controller_overhead.py [--recipe recipes/cnn_digits.yaml] [--target-gpz 6]
+
+Trains the recipe with --target-gpz (no baseline run) and prints the time spent profiling
+the probe set against the wall time of the training loop, and the same loop without a
+target for comparison (goal: at most 5% with the default recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from vortex.train import main as train
+
+
+def run(recipe: str, out: Path, target: int | None) -> dict:
+    args = ["--recipe", recipe, "--output_dir", str(out)]
+    if target is not None:
+        args += ["--target-gpz", str(target), "--baseline", "none"]
+    train(args)
+    return json.loads((out / "vortex.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="recipes/cnn_digits.yaml")
+    p.add_argument("--target-gpz", type=int, default=6)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = run(args.recipe, Path(tmp) / "plain", None)
+        targeted = run(args.recipe, Path(tmp) / "targeted", args.target_gpz)
+    history = targeted["controller"]["history"]
+    share = targeted["measure_seconds"] / targeted["train_seconds"]
+    print(f"\nrecipe {args.recipe}, target GPZ {args.target_gpz}: reached {targeted['reached_gpz']}, "
+          f"{len(history)} measurements of {targeted['controller']['config']['probe_samples']} probe samples")
+    print(f"  training loop without target : {plain['train_seconds']:7.2f} s")
+    print(f"  training loop with controller: {targeted['train_seconds']:7.2f} s")
+    print(f"  of which measuring           : {targeted['measure_seconds']:7.2f} s")
+    print(f"  measuring share              : {share:7.1%}   (goal <= 5%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Attack building blocks: metrics against hand computations, decoder shapes, rMLE, sweep helpers."""
+
+import math
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vortex.attacks.decoder import build_decoder, fit_decoder, z_layout
+from vortex.attacks.metrics import MAX_PSNR, image_metrics, summarize
+from vortex.attacks.optimize import invert_by_optimization, total_variation
+from vortex.attacks.sweep import SplitAttack, attack_report, gpz_agreement, plan_passes, split_aux, unseen_train_rows
+from vortex.data import take
+from vortex.errors import AttackError
+from vortex.plots import plot_attack, plot_reconstructions
+from vortex.report import attack_table
+
+
+def numpy_ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
+    """SSIM of two [C, H, W] images in [0, 1], written out: 11-tap Gaussian window, reflect padding."""
+    r = int(3.5 * sigma + 0.5)
+    g = np.exp(-((np.arange(2 * r + 1) - r) ** 2) / (2 * sigma ** 2))
+    window = np.outer(g / g.sum(), g / g.sum())
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    values = []
+    for x, y in zip(a, b):
+        px, py = np.pad(x, r, mode="reflect"), np.pad(y, r, mode="reflect")
+        h, w = x.shape
+        for i in range(h):
+            for j in range(w):
+                wx, wy = px[i:i + 2 * r + 1, j:j + 2 * r + 1], py[i:i + 2 * r + 1, j:j + 2 * r + 1]
+                mx, my = (window * wx).sum(), (window * wy).sum()
+                vx = max((window * wx * wx).sum() - mx * mx, 0)
+                vy = max((window * wy * wy).sum() - my * my, 0)
+                cov = (window * wx * wy).sum() - mx * my
+                values.append((2 * mx * my + c1) * (2 * cov + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_metrics_match_a_hand_computation():
+    rng = np.random.default_rng(0)
+    target = rng.random((3, 2, 12, 10))
+    recon = np.clip(target + rng.normal(0, 0.1, target.shape), 0, 1)
+    m = image_metrics(torch.tensor(recon), torch.tensor(target))
+    for i in range(3):
+        mse = np.mean((recon[i] - target[i]) ** 2)
+        assert float(m["mse"][i]) == pytest.approx(mse, rel=1e-5)
+        assert float(m["psnr"][i]) == pytest.approx(10 * math.log10(1 / mse), rel=1e-5)
+        assert float(m["ssim"][i]) == pytest.approx(numpy_ssim(recon[i], target[i]), abs=1e-5)
+        cos = (recon[i] * target[i]).sum() / np.linalg.norm(recon[i]) / np.linalg.norm(target[i])
+        assert float(m["cosine"][i]) == pytest.approx(cos, rel=1e-5)
+    summary = summarize(m)
+    assert summary["num_images"] == 3
+    assert summary["psnr"] == pytest.approx(float(m["psnr"].mean()), rel=1e-6)  # per image, then the mean
+
+
+def test_metrics_of_constant_and_exact_images():
+    a, b = 0.2, 0.7
+    m = image_metrics(torch.full((1, 1, 8, 8), a), torch.full((1, 1, 8, 8), b))
+    c1 = 0.01 ** 2
+    assert float(m["ssim"][0]) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
+    assert float(m["mse"][0]) == pytest.approx(0.25) and float(m["psnr"][0]) == pytest.approx(10 * math.log10(4))
+    x = torch.rand(2, 1, 8, 8)
+    exact = image_metrics(x, x)
+    assert exact["mse"].tolist() == [0, 0] and exact["psnr"].tolist() == [MAX_PSNR, MAX_PSNR]
+    assert exact["ssim"].tolist() == pytest.approx([1, 1]) and exact["cosine"].tolist() == pytest.approx([1, 1])
+    with pytest.raises(AttackError, match="same shape"):
+        image_metrics(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 7, 8))
+
+
+@pytest.mark.parametrize("z_shape,image_shape,kind", [
+    ((32, 8, 8), (1, 8, 8), "spatial"),
+    ((64, 4, 4), (1, 28, 28), "spatial"),
+    ((512, 4, 4), (3, 32, 32), "spatial"),
+    ((16, 5, 3), (3, 20, 12), "spatial"),
+    ((10,), (1, 8, 8), "flat"),
+    ((512,), (3, 28, 28), "flat"),
+    ((17, 64), (1, 16, 16), "tokens"),   # ViT: CLS + 4x4 patches
+    ((49, 32), (3, 28, 28), "tokens"),   # no CLS, 7x7 patches
+    ((12, 20), (1, 8, 8), "flat"),       # a sequence that is not a patch grid
+])
+@pytest.mark.parametrize("enhanced", [False, True])
+def test_decoder_returns_the_image_shape(z_shape, image_shape, kind, enhanced):
+    torch.manual_seed(0)
+    decoder = build_decoder(z_shape, image_shape, width=16, enhanced=enhanced)
+    assert decoder.layout.kind == kind
+    with torch.no_grad():
+        out = decoder(torch.randn(3, *z_shape))
+    assert out.shape == (3, *image_shape)
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_token_layout_drops_the_cls_token():
+    assert z_layout((17, 64)).cls_token and z_layout((17, 64)).grid == 4
+    assert not z_layout((16, 64)).cls_token and z_layout((16, 64)).grid == 4
+    assert z_layout((64,)).kind == "flat" and z_layout((4, 4, 4, 4)).kind == "flat"
+
+
+def test_decoder_learns_an_invertible_map_and_stops_early():
+    torch.manual_seed(0)
+    x = torch.rand(160, 1, 8, 8)
+    z = torch.cat([x, 1 - x], dim=1)  # a perfectly invertible "edge"
+    decoder = build_decoder((2, 8, 8), (1, 8, 8), width=16)
+    fit = fit_decoder(decoder, z[:128], x[:128], z[128:], x[128:], epochs=40, patience=3, lr=5e-3, progress=False)
+    assert fit.val_mse < 0.01 and 1 <= fit.epochs_run <= 40
+    with pytest.raises(AttackError, match="at least 1"):
+        fit_decoder(decoder, z, x, z, x, epochs=0, progress=False)
+
+
+@pytest.mark.parametrize("edge", [nn.Identity(), nn.Conv2d(1, 3, 1), nn.Sequential(nn.Flatten(), nn.Linear(64, 96))])
+def test_rmle_recovers_the_input_through_a_linear_edge(edge):
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        z = edge(x)
+    recon = invert_by_optimization(edge, z, (1, 8, 8), steps=300, lr=0.05, tv_weight=0.0, progress=False)
+    assert float((recon - x).pow(2).mean()) < 1e-4
+    assert all(p.requires_grad for p in edge.parameters())  # the edge is left as it was
+
+
+def test_total_variation_by_hand():
+    x = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
+    assert float(total_variation(x)[0]) == pytest.approx(0.5 + 0.5)  # |dx| mean 0.5, |dy| mean 0.5
+
+
+def test_features_are_grouped_to_fit_memory():
+    dims = {1: 100, 2: 100, 3: 10, 4: 1000}
+    assert plan_passes(dims, 10, budget=10 ** 9) == [[1, 2, 3, 4]]
+    assert plan_passes(dims, 10, budget=4 * 10 * 210) == [[1, 2, 3], [4]]
+
+
+def _canonical(n: int) -> datasets.Dataset:
+    features = datasets.Features(pixels=datasets.Array3D((1, 4, 4), "uint8"), label=datasets.ClassLabel(num_classes=2))
+    return datasets.Dataset.from_dict({"pixels": np.zeros((n, 1, 4, 4), np.uint8), "label": [0] * n}, features=features)
+
+
+def test_aux_rows_leave_out_what_vortex_train_trained_on():
+    ds = _canonical(100)
+    ds = ds.map(lambda row, i: {"pixels": np.full((1, 4, 4), i, np.uint8)}, with_indices=True, features=ds.features)
+    ids = lambda d: {int(np.asarray(p)[0, 0, 0]) for p in d["pixels"]}  # noqa: E731
+    trained_on = ids(take(ds, 30))  # what vortex/train.py trains on with max_train_samples: 30
+    unseen, source = unseen_train_rows(ds, {"recipe": {"dataset": "d", "max_train_samples": 30}}, "d")
+    assert len(unseen) == 70 and not ids(unseen) & trained_on and "not trained on" in source
+    assert unseen_train_rows(ds, {"recipe": {"dataset": "d", "max_train_samples": None}}, "d")[1] == \
+        "train split (the model was trained on it too)"
+    assert unseen_train_rows(ds, {}, "d") == (ds, "train split")
+
+
+def test_empty_or_tiny_aux_set_is_refused():
+    for n in (0, 5):
+        with pytest.raises(AttackError, match=f"has {n} images.*at least 32"):
+            split_aux(_canonical(n), None, seed=0, val_fraction=0.1)
+    train, val = split_aux(_canonical(100), 50, seed=0, val_fraction=0.1)
+    assert (len(train), len(val)) == (42, 8)
+
+
+def _attack(k: int, mse: float) -> SplitAttack:
+    metrics = {"mse": mse, "psnr": 10 * math.log10(1 / mse), "ssim": 1 - 10 * mse, "cosine": 1 - mse,
+               "num_images": 4}
+    return SplitAttack(k, f"block{k}", [8, 2, 2], metrics, 0.1, torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), 3, mse)
+
+
+def test_report_plots_and_agreement(tmp_path):
+    profile = {"splits": [{"rho": 0.9 - 0.1 * k} for k in range(6)],
+               "gpz": {"index": 4, "zone": [4], "quantity": "rho"}}
+    attacks = [_attack(1, 0.01), _attack(3, 0.012), _attack(5, 0.05)]
+    result = attack_report(attacks, model="m", dataset="d", aux_dataset="d", attack="decoder", profile=profile)
+    assert result["gpz_posthoc"]["index"] == 5 and result["gpz_posthoc"]["interval"] == [4, 5]
+    assert result["agreement"] is True  # the rise happened somewhere in 4..5, which holds the predicted 4
+    assert [s["rho"] for s in result["splits"]] == pytest.approx([0.9, 0.7, 0.5])
+    assert not gpz_agreement([2], {"interval": [4, 5]})
+    table = attack_table(result)
+    assert "<- GPZ a priori" not in table and "<- post hoc" in table and "they agree" in table
+    from PIL import Image
+    for path in (plot_attack(result, tmp_path / "a.png"),
+                 plot_reconstructions(attacks[0].originals, attacks[0].recons, tmp_path / "g.png", "t")):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    falling = attack_report([_attack(1, 0.03), _attack(2, 0.02)], model="m", dataset="d", aux_dataset="d",
+                            attack="decoder", profile=profile)
+    assert falling["gpz_posthoc"]["index"] is None and falling["agreement"] is None
+    assert "never rises" in attack_table(falling)
+    single = attack_report(attacks[:1], model="m", dataset="d", aux_dataset=None, attack="optimize", profile=None)
+    assert single["gpz_posthoc"]["index"] is None and single["agreement"] is None
+    assert "2 or more splits" in attack_table(single)

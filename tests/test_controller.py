@@ -1,0 +1,186 @@
+"""The GPZ controller: levers, decisions, target runs end to end, resume, two processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from vortex.controller import ControllerConfig, GPZController, check_target
+from vortex.errors import VortexError
+from vortex.levers import Levers, batch_rho, lever_loss, smoothing_at
+from vortex.stats import ClassStats
+from vortex.train import TARGET_MISSED
+from vortex.train import main as train
+
+NAMES = [f"s{i}" for i in range(1, 9)]
+RECIPE = """
+model: cnn
+model_options: {width: 16}
+dataset: digits
+seed: 0
+epochs: 6
+batch_size: 64
+optimizer: {name: adamw, lr: 0.003, weight_decay: 0.0005}
+controller: {every: 15, probe_samples: 300}
+"""
+
+
+def test_batch_rho_equals_streaming_rho():
+    z, y = torch.randn(60, 3, 4) + torch.arange(60).remainder(3).view(-1, 1, 1), torch.arange(60).remainder(3)
+    stats = ClassStats(3, 12)
+    stats.update(z, y)
+    assert batch_rho(z, y, 3).item() == pytest.approx(stats.summary().rho, rel=1e-5)
+
+
+def test_lever_loss_by_hand():
+    z_prev, z_at, y = torch.randn(20, 5), torch.randn(20, 5), torch.arange(20).remainder(2)
+    levers = Levers(pull=2.0, hold=3.0, hold_floor=0.9)
+    expected = 2.0 * batch_rho(z_at, y, 2) + 3.0 * torch.relu(0.9 - batch_rho(z_prev, y, 2))
+    assert lever_loss([z_prev, z_at], y, 2, 4, levers).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert lever_loss([z_prev, z_at], y, 2, None, levers).item() == 0.0
+
+
+def test_smoothing_schedules():
+    assert smoothing_at(0.1, 0.7) == 0.1
+    assert smoothing_at({"start": 0.0, "end": 0.3}, 0.5) == pytest.approx(0.15)
+    assert torch.equal(smoothing_at([0.1, -0.05], 0.2), torch.tensor([0.1, -0.05]))
+    with pytest.raises(VortexError, match="'start' and 'end'"):
+        smoothing_at({"begin": 0.1}, 0.0)
+
+
+@pytest.mark.parametrize("target", [0, 1, 9])
+def test_target_outside_range_is_refused_with_the_range(target):
+    with pytest.raises(VortexError, match="valid range 2..8"):
+        check_target(target, NAMES)
+
+
+def curve(drop_at: int) -> list[float]:
+    rho = [0.6, 0.55, 0.5, 0.47, 0.45, 0.43, 0.41, 0.40]
+    return rho[:drop_at - 1] + [r * 0.2 for r in rho[drop_at - 1:]]
+
+
+def test_decisions_follow_the_measured_profile():
+    ctrl = GPZController(4, NAMES, ControllerConfig(pull=1.0, hold=0.0, hold_start=1.0))
+    late = ctrl.observe(10, curve(6), 0.9, 0.1)
+    assert late["gpz"] == 6 and ctrl.levers.pull > 1.0 and "after K" in late["decision"]
+    pull = ctrl.levers.pull
+    early = ctrl.observe(20, curve(2), 0.9, 0.2)
+    assert early["gpz"] == 2 and ctrl.levers.hold >= 1.0 and ctrl.levers.pull == pull
+    hold = ctrl.levers.hold
+    on = ctrl.observe(30, curve(4), 0.9, 0.3)
+    assert on["reached"] and (ctrl.levers.pull, ctrl.levers.hold) == (pull, hold)
+    assert [h["step"] for h in ctrl.history] == [10, 20, 30]
+
+
+def test_interval_doubles_on_target_and_resets_off_target():
+    ctrl = GPZController(4, NAMES, ControllerConfig(every=10, max_every=30))
+    assert not ctrl.due(9) and ctrl.due(10)
+    ctrl.observe(10, curve(4), 0.9, 0.1)
+    assert ctrl.next_step == 20  # one on-target reading is not yet steady
+    ctrl.observe(20, curve(4), 0.9, 0.1)
+    assert ctrl.next_step == 40
+    ctrl.observe(40, curve(4), 0.9, 0.2)
+    assert ctrl.next_step == 70  # capped at max_every
+    ctrl.observe(70, curve(6), 0.9, 0.3)
+    assert ctrl.next_step == 80
+
+
+def test_accuracy_guard_halves_levers_late_in_training():
+    ctrl = GPZController(4, NAMES, ControllerConfig(pull=4.0, hold=2.0), baseline_accuracy=0.98,
+                         max_accuracy_drop=0.02)
+    ctrl.observe(10, curve(6), 0.90, 0.8)
+    assert (ctrl.levers.pull, ctrl.levers.hold) == (2.0, 1.0)
+    assert not ctrl.is_better(ctrl.history[-1])  # too inaccurate to be kept as the best point
+
+
+def test_state_round_trip():
+    ctrl = GPZController(3, NAMES, ControllerConfig())
+    entry = ctrl.observe(5, curve(5), 0.9, 0.5)
+    ctrl.is_better(entry)
+    other = GPZController(3, NAMES, ControllerConfig())
+    other.load_state_dict(json.loads(json.dumps(ctrl.state_dict())))
+    assert other.state_dict() == ctrl.state_dict()
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "ctrl.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+def probe_gpz(ckpt) -> int:
+    out = ckpt.parent / f"{ckpt.name}_probe"
+    subprocess.run([sys.executable, "-m", "vortex", "probe", "--model", str(ckpt), "--dataset", "digits",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+    return json.loads((out / "profile.json").read_text())["gpz"]["index"]
+
+
+@pytest.fixture(scope="module")
+def targeted(tmp_path_factory, recipe):
+    out = tmp_path_factory.mktemp("gpz") / "k3"
+    status = train(["--recipe", str(recipe), "--output_dir", str(out), "--target-gpz", "3",
+                    "--checkpointing_steps", "30"])
+    return out, status
+
+
+def test_target_run_lands_the_gpz_and_records_the_history(targeted):
+    out, status = targeted
+    assert status == 0
+    meta = json.loads((out / "vortex.json").read_text())
+    assert meta["target_gpz"] == 3 and meta["reached_gpz"] == 3 and meta["target_reached"]
+    history = meta["controller"]["history"]
+    assert len(history) >= 5 and {"step", "gpz", "rho", "levers", "decision"} <= set(history[0])
+    assert meta["test_accuracy"] >= meta["baseline"]["test_accuracy"] - 0.02
+    assert probe_gpz(out) == 3  # what a user measures on the held-out test split
+    assert (out / "vortex.png").stat().st_size > 10_000
+
+
+def test_resume_with_controller_state_matches_uninterrupted(targeted, recipe, tmp_path):
+    out, _ = targeted
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "state" / "step_60", resumed / "state" / "step_60")
+    shutil.copytree(out / "baseline", resumed / "baseline")
+    assert train(["--recipe", str(recipe), "--output_dir", str(resumed), "--target-gpz", "3",
+                  "--resume_from_checkpoint", "latest", "--checkpointing_steps", "30"]) == 0
+    a, b = (json.loads((d / "vortex.json").read_text()) for d in (out, resumed))
+    assert b["reached_gpz"] == a["reached_gpz"] and b["test_accuracy"] == a["test_accuracy"]
+    assert [h["gpz"] for h in b["controller"]["history"]] == [h["gpz"] for h in a["controller"]["history"]]
+    np.testing.assert_allclose([s["rho"] for s in b["profile"]["splits"]],
+                               [s["rho"] for s in a["profile"]["splits"]], rtol=1e-5)
+
+
+def test_missed_target_says_so_and_still_saves(recipe, tmp_path, capsys):
+    stuck = tmp_path / "stuck.yaml"  # levers pinned at zero: the GPZ stays where training puts it
+    stuck.write_text(RECIPE.replace("controller: {every: 15, probe_samples: 300}",
+                                    "controller: {every: 40, probe_samples: 300, pull: 0.0, hold_start: 0.0, "
+                                    "max_weight: 0.0}"))
+    status = train(["--recipe", str(stuck), "--output_dir", str(tmp_path / "o"), "--target-gpz", "7",
+                    "--baseline", "none"])
+    assert status == TARGET_MISSED
+    assert "TARGET MISSED: GPZ at split" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "o" / "vortex.json").read_text())
+    assert meta["target_reached"] is False and meta["reached_gpz"] != 7
+
+
+def test_bad_target_exits_before_training(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vortex", "train", "--target-gpz", "12", "--output_dir",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "valid range 2..8" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_processes_reach_the_same_gpz(targeted, recipe, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                    "vortex/train.py", "--recipe", str(recipe), "--output_dir", str(out), "--target-gpz", "3",
+                    "--baseline", "none"], check=True, env=env, capture_output=True, timeout=600)
+    two = json.loads((out / "vortex.json").read_text())
+    one = json.loads((targeted[0] / "vortex.json").read_text())
+    assert two["reached_gpz"] == one["reached_gpz"] == 3

@@ -1,0 +1,215 @@
+"""Inversion decoders z -> x built from z's shape, and their training with early stopping.
+
+Three layouts of z are recognised: a spatial map [C, h, w] (conv stem, then upsampling conv
+blocks to the image size), a token sequence [T, D] whose T (or T - 1 with a CLS token first)
+is a square number (each token back to its patch), and anything else, flattened (a linear
+stem to a small map, then the same upsampling path).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import AttackError
+from .enhance import AttentionBlock, FeatureNorm, FFTAmplitude
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a decoder reads z: "spatial", "tokens" (grid side, CLS first?) or "flat"."""
+
+    kind: str
+    grid: int = 0
+    cls_token: bool = False
+
+
+def z_layout(z_shape: Sequence[int]) -> Layout:
+    """The layout of one sample's z (without the batch axis)."""
+    if len(z_shape) == 3:
+        return Layout("spatial")
+    if len(z_shape) == 2:
+        tokens = z_shape[0]
+        for drop in (0, 1):
+            g = math.isqrt(tokens - drop)
+            if g >= 2 and g * g == tokens - drop:
+                return Layout("tokens", g, bool(drop))
+    return Layout("flat")
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _Residual(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(_block(ch, ch), nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class _Up(nn.Module):
+    """Double the map size (nearest) and mix with `depth` conv blocks."""
+
+    def __init__(self, ch: int, depth: int):
+        super().__init__()
+        self.body = nn.Sequential(_block(ch, ch), *[_Residual(ch) for _ in range(depth - 1)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class _FlatStem(nn.Module):
+    def __init__(self, dim: int, width: int, size: tuple[int, int]):
+        super().__init__()
+        self.width, self.size = width, size
+        self.linear = nn.Linear(dim, width * size[0] * size[1])
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.linear(z).view(-1, self.width, *self.size)
+        return F.relu(self.norm(x))
+
+
+class _TokenStem(nn.Module):
+    """Drop a CLS token, map each token to a p x p patch of `width` channels, lay patches on the grid."""
+
+    def __init__(self, dim: int, width: int, layout: Layout, patch: int):
+        super().__init__()
+        self.layout, self.patch = layout, patch
+        self.linear = nn.Linear(dim, width * patch * patch)
+        self.shuffle = nn.PixelShuffle(patch)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.layout.cls_token:
+            z = z[:, 1:]
+        g = self.layout.grid
+        x = self.linear(z).transpose(1, 2).reshape(z.shape[0], -1, g, g)
+        return F.relu(self.norm(self.shuffle(x)))
+
+
+def _start_size(side: int) -> int:
+    """The side a flat stem starts from: `side` halved while even and above 4."""
+    while side > 4 and side % 2 == 0:
+        side //= 2
+    return min(side, 8)
+
+
+class InversionDecoder(nn.Module):
+    """prepare (enhanced only) -> stem -> [attention] -> upsampling blocks -> resize -> head -> sigmoid."""
+
+    def __init__(self, z_shape: Sequence[int], image_shape: Sequence[int], width: int = 32, enhanced: bool = False):
+        super().__init__()
+        z_shape, (channels, height, width_px) = tuple(int(s) for s in z_shape), tuple(image_shape)
+        self.layout, self.image_size = z_layout(z_shape), (height, width_px)
+        kind = self.layout.kind
+        zc = z_shape[0] if kind == "spatial" else z_shape[-1] if kind == "tokens" else math.prod(z_shape)
+        self.prepare = nn.Sequential(FeatureNorm(kind, zc), FFTAmplitude(kind)) if enhanced else nn.Identity()
+        zc = 2 * zc if enhanced else zc
+        if kind == "spatial":
+            self.stem, size = _block(zc, width), z_shape[1:]
+        elif kind == "tokens":
+            patch = max(1, min(height, width_px) // self.layout.grid)
+            self.stem, size = _TokenStem(zc, width, self.layout, patch), (self.layout.grid * patch,) * 2
+        else:
+            size = (_start_size(height), _start_size(width_px))
+            self.stem = _FlatStem(zc, width, size)
+        depth = 2 if enhanced else 1
+        mixers: list[nn.Module] = [AttentionBlock(width)] if enhanced else []
+        h, w = size
+        while h < height or w < width_px:
+            mixers.append(_Up(width, depth))
+            h, w = 2 * h, 2 * w
+        self.body = nn.Sequential(*mixers)
+        refine = [_Residual(width), AttentionBlock(width)] if enhanced else [_block(width, width)]
+        self.head = nn.Sequential(*refine, nn.Conv2d(width, channels, 3, padding=1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.layout.kind == "flat":
+            z = z.flatten(1)
+        x = self.body(self.stem(self.prepare(z)))
+        if x.shape[-2:] != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+        return torch.sigmoid(self.head(x))
+
+
+def build_decoder(z_shape: Sequence[int], image_shape: Sequence[int], *, width: int = 32,
+                  enhanced: bool = False) -> InversionDecoder:
+    """A decoder from one sample's z shape to the (C, H, W) image shape."""
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise AttackError(f"image shape must be (C, H, W), got {tuple(image_shape)}")
+    if math.prod(z_shape) < 1:
+        raise AttackError(f"z has shape {tuple(z_shape)}: there is nothing to invert")
+    return InversionDecoder(z_shape, image_shape, width=width, enhanced=enhanced)
+
+
+@dataclass
+class FitResult:
+    """The decoder with its best held-out weights, the epochs run and the held-out MSE."""
+
+    decoder: nn.Module
+    epochs_run: int
+    val_mse: float
+
+
+@torch.no_grad()
+def _mse(decoder: nn.Module, z: torch.Tensor, x: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    decoder.eval()
+    total = 0.0
+    for i in range(0, len(z), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        total += float(F.mse_loss(decoder(z[i:i + batch_size].to(device)), xb, reduction="sum"))
+    return total / x.numel()
+
+
+def fit_decoder(decoder: nn.Module, z_train: torch.Tensor, x_train: torch.Tensor, z_val: torch.Tensor,
+                x_val: torch.Tensor, *, epochs: int, batch_size: int = 64, lr: float = 2e-3, patience: int = 5,
+                seed: int = 0, device: torch.device | str = "cpu", desc: str = "decoder",
+                progress: bool = True) -> FitResult:
+    """Train `decoder` on (z, x) pairs with pixel MSE; keep the weights best on the held-out pairs.
+
+    Stops after `patience` epochs without a better held-out MSE. Batches are shuffled by a
+    generator seeded with `seed`, so a run is repeatable.
+    """
+    if epochs < 1:
+        raise AttackError(f"--epochs must be at least 1, got {epochs}")
+    device = torch.device(device)
+    decoder.to(device)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, best_epoch, epoch = math.inf, None, 0, 0
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", leave=False, disable=not progress)
+    for epoch in bar:
+        decoder.train()
+        order = torch.randperm(len(z_train), generator=generator)
+        for i in range(0, len(order) - 1, batch_size):  # a last batch of one would break BatchNorm
+            idx = order[i:i + batch_size]
+            loss = F.mse_loss(decoder(z_train[idx].to(device)), x_train[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        val = _mse(decoder, z_val, x_val, 4 * batch_size, device)
+        if val < best:
+            best, best_state, best_epoch = val, copy.deepcopy(decoder.state_dict()), epoch
+        bar.set_postfix(val_mse=f"{val:.4f}", best=f"{best:.4f}")
+        if epoch - best_epoch >= patience:
+            break
+    bar.close()
+    if best_state is None:
+        raise AttackError(f"{desc}: decoder training diverged (held-out MSE is not finite); check that z is "
+                          "finite at this split")
+    decoder.load_state_dict(best_state)
+    decoder.eval()
+    return FitResult(decoder, epoch, best)
