@@ -7,8 +7,9 @@ under OUT are reused on a rerun), profiles it, and runs the decoder attack at ev
 two auxiliary sets: train rows the model never saw (same domain) and mnist-5k (cross domain).
 Prints per split MSE / PSNR / SSIM, the a-priori and post-hoc GPZ, MSE(GPZ) / MSE(split 1)
 (the paper reports more than 4x) and the time of the sweep vs the time of the probe; writes
-OUT/<model>_<aux>/attack.json and attack.png. Full: about 20 min on a 2-core CPU; --quick: ~6.
-Needs the Debian package dataset-fashion-mnist.
+OUT/<model>_<aux>/attack.json and attack.png. Measured on a 2-core CPU shared with other jobs
+(OMP_NUM_THREADS=1, which avoids thread oversubscription there): full 42 min (resnet18 training
+10 of them), --quick 13 min. Needs the Debian package dataset-fashion-mnist.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from vortex.train import main as train
 
 SETTINGS = {  # train images, train epochs, aux images, private images, decoder epochs
     "full": {"cnn": (12000, 3), "resnet18": (5000, 2), "aux": 2000, "private": 500, "epochs": 10},
-    "quick": {"cnn": (3000, 2), "resnet18": (2000, 2), "aux": 600, "private": 200, "epochs": 4},
+    "quick": {"cnn": (3000, 2), "resnet18": (1500, 2), "aux": 600, "private": 200, "epochs": 4},
 }
 MODELS = {"cnn": {"model_options": {"width": 32}, "optimizer": {"name": "adamw", "lr": 0.003}},
           "resnet18": {"optimizer": {"name": "adamw", "lr": 0.001}}}
@@ -66,7 +67,7 @@ def sweep(model: str, ckpt: Path, aux_name: str, setting: dict, fashion, out: Pa
         aux, source = unseen_train_rows(fashion["train"], read_meta(ckpt), "fashion-mnist")
     else:
         aux, source = load_data(aux_name)["train"], "train split"
-    config = AttackConfig(epochs=setting["epochs"], seed=0, progress=False)
+    config = AttackConfig(epochs=setting["epochs"], seed=0)
     start = time.perf_counter()
     attacks = attack_splits(loaded.split, private, aux, [s.index for s in loaded.split.splits], config,
                             aux_samples=setting["aux"], **kw)

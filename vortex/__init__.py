@@ -2,13 +2,18 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "from_pretrained"]
+__all__ = ["__version__", "from_pretrained", "VortexCallback"]
 
 
 def __getattr__(name: str):
-    """`vortex.from_pretrained` without importing torch and huggingface_hub at `import vortex`."""
+    """`vortex.from_pretrained` and `vortex.VortexCallback` without importing torch, transformers and
+    huggingface_hub at `import vortex`."""
     if name == "from_pretrained":
         from .hub import from_pretrained
 
         return from_pretrained
+    if name == "VortexCallback":
+        from .callback import VortexCallback
+
+        return VortexCallback
     raise AttributeError(f"module 'vortex' has no attribute '{name}'")

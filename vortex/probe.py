@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import datasets
@@ -29,16 +30,26 @@ def collect_stats(sm: SplitModel, ds: datasets.Dataset, *, num_classes: int, ima
     With several processes each takes its own shard (no padding duplicates) and the
     statistics are reduced exactly at the end.
     """
-    if labels not in ("true", "predicted"):
-        raise ProfileError(f"--labels must be 'true' or 'predicted', not '{labels}'")
     state = PartialState()
     ds = split_dataset_by_node(take(ds, max_samples), rank=state.process_index, world_size=state.num_processes)
     loader = make_loader(ds, batch_size, image_size=image_size, channels=channels)
+    return stream_stats(sm, loader, num_classes=num_classes, labels=labels, progress=progress)
+
+
+def stream_stats(sm: SplitModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, num_classes: int,
+                 labels: str = "true", progress: bool = True) -> tuple[list[ClassStats], float]:
+    """Stream this process's (x, y) batches through the model; reduce the statistics across processes.
+
+    Every process must call it (with its own shard of the data): the reduction is collective.
+    """
+    if labels not in ("true", "predicted"):
+        raise ProfileError(f"--labels must be 'true' or 'predicted', not '{labels}'")
+    state = PartialState()
     device = next(sm.model.parameters()).device
     stats: list[ClassStats] | None = None
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.inference_mode(), evaluating(sm.model):
-        for x, y in tqdm(loader, desc="profiling", unit="batch", disable=not (progress and state.is_main_process)):
+        for x, y in tqdm(batches, desc="profiling", unit="batch", disable=not (progress and state.is_main_process)):
             x, y = x.to(device), y.to(device)
             logits, zs = sm.forward_all(x)
             if logits.ndim != 2 or logits.shape[1] != num_classes:

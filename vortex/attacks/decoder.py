@@ -99,7 +99,7 @@ class _TokenStem(nn.Module):
 
 
 def _start_size(side: int) -> int:
-    """The side a flat stem starts from: `side` halved while even and above 4."""
+    """The side a flat stem starts from: `side` halved while even and above 4, at most 8."""
     while side > 4 and side % 2 == 0:
         side //= 2
     return min(side, 8)
