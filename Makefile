@@ -18,11 +18,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/vortex train --recipe recipes/cnn_digits.yaml --output_dir $(DEMO_DIR)
-	$(VENV)/bin/vortex probe --model $(DEMO_DIR) --dataset digits --out $(DEMO_DIR)/probe
+	$(PY) -m vortex.demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
-	$(PY) benchmarks/profile_overhead.py
+	$(PY) benchmarks/performance.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -9,7 +9,7 @@ Prints per split MSE / PSNR / SSIM, the a-priori and post-hoc GPZ, MSE(GPZ) / MS
 (the paper reports more than 4x) and the time of the sweep vs the time of the probe; writes
 OUT/<model>_<aux>/attack.json and attack.png. Measured on a 2-core CPU shared with other jobs
 (OMP_NUM_THREADS=1, which avoids thread oversubscription there): full 42 min (resnet18 training
-10 of them), --quick 13 min. Needs the Debian package dataset-fashion-mnist.
+10 of them), --quick 11 min. Needs the Debian package dataset-fashion-mnist.
 """
 
 from __future__ import annotations

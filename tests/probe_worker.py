@@ -22,5 +22,7 @@ if __name__ == "__main__":
     from accelerate.state import PartialState
 
     profile = seeded_profile(batch_size=int(sys.argv[2]))
-    if PartialState().is_main_process:
+    state = PartialState()
+    profile["processes"] = state.num_processes
+    if state.is_main_process:
         write_json(sys.argv[1], profile)

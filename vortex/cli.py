@@ -54,9 +54,8 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from accelerate.state import PartialState
-
     from .data import data_shape, load_data, num_classes
+    from .distributed import process_state
     from .files import write_json
     from .loading import load_model
     from .plots import plot_profile
@@ -70,7 +69,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     channels, height, _ = data_shape(ds)
     loaded = load_model(args.model, num_classes=num_classes(ds), data_channels=channels, data_size=height,
                         image_size=args.image_size, channels=args.channels, split_points=args.split_points)
-    state = PartialState()
+    state = process_state()
     loaded.model.to(state.device)
     profile = profile_model(loaded.split, ds, model_name=args.model, dataset_name=args.dataset,
                             image_size=loaded.spec.image_size, channels=loaded.spec.in_channels, labels=args.labels,

@@ -7,7 +7,6 @@ from typing import Any
 
 import datasets
 import torch
-from accelerate.state import PartialState
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
@@ -16,6 +15,7 @@ from .bounds import entropy_bounds
 from .data import make_loader, num_classes as data_num_classes, take
 from .errors import ProfileError
 from .gpz import locate_gpz
+from .distributed import process_state
 from .splits import SplitModel, evaluating
 from .stats import ClassStats
 
@@ -30,7 +30,7 @@ def collect_stats(sm: SplitModel, ds: datasets.Dataset, *, num_classes: int, ima
     With several processes each takes its own shard (no padding duplicates) and the
     statistics are reduced exactly at the end.
     """
-    state = PartialState()
+    state = process_state()
     ds = split_dataset_by_node(take(ds, max_samples), rank=state.process_index, world_size=state.num_processes)
     loader = make_loader(ds, batch_size, image_size=image_size, channels=channels)
     return stream_stats(sm, loader, num_classes=num_classes, labels=labels, progress=progress)
@@ -44,7 +44,7 @@ def stream_stats(sm: SplitModel, batches: Iterable[tuple[torch.Tensor, torch.Ten
     """
     if labels not in ("true", "predicted"):
         raise ProfileError(f"--labels must be 'true' or 'predicted', not '{labels}'")
-    state = PartialState()
+    state = process_state()
     device = next(sm.model.parameters()).device
     stats: list[ClassStats] | None = None
     correct = torch.zeros(2, dtype=torch.float64, device=device)

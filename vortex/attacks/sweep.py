@@ -18,13 +18,13 @@ from typing import Any
 
 import datasets
 import torch
-from accelerate.state import PartialState
 from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import make_loader
 from ..errors import AttackError
 from ..gpz import locate_posthoc
+from ..distributed import process_state
 from ..splits import SplitModel, evaluating
 from .decoder import build_decoder, fit_decoder
 from .metrics import image_metrics, summarize
@@ -90,14 +90,6 @@ class SplitAttack:
         if self.epochs_run is not None:
             out.update(epochs_run=self.epochs_run, aux_val_mse=self.val_mse)
         return out
-
-
-def process_state() -> PartialState:
-    """Accelerate's process state. With ACCELERATE_USE_CPU=1, torchrun's CPU processes join through
-    gloo (a plain `PartialState()` on a machine without GPUs would leave each one alone)."""
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def select_splits(sm: SplitModel, spec: str, gpz: dict | None = None) -> list[int]:

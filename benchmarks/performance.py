@@ -1,0 +1,72 @@
+"""vortex's own costs, in one run: profile vs forward, memory vs samples, controller share, a priori vs post hoc.
+
+    python benchmarks/performance.py [--quick]
+
+1. time to profile every split / time of a plain forward pass over the same samples
+   (cnn, Fashion-MNIST; goal at most 1.25),
+2. peak resident memory profiling 6,000 vs 60,000 Fashion-MNIST samples (goal within 10%),
+3. share of training wall time the GPZ controller spends measuring (default recipe, goal <= 5%),
+4. time to locate the GPZ a priori (one profile) vs the decoder-attack sweep over every split
+   that finds it post hoc (cnn on digits).
+Prints figures only; there are no pass/fail thresholds. Needs dataset-fashion-mnist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vortex.attacks.sweep import AttackConfig, attack_splits
+from vortex.data import load_data, take
+from vortex.loading import load_model
+from vortex.probe import profile_model
+from vortex.train import main as train
+
+HERE = Path(__file__).parent
+
+
+def run_script(name: str, *args: str) -> None:
+    print(f"\n$ python benchmarks/{name} {' '.join(args)}", flush=True)
+    out = subprocess.run([sys.executable, str(HERE / name), *args], capture_output=True, text=True, check=True)
+    print("\n".join(line for line in out.stdout.splitlines() if line.startswith(("  ", "model", "recipe", "peak"))))
+
+
+def a_priori_vs_post_hoc(epochs: int) -> None:
+    print("\n== locating the GPZ: a priori (one profile) vs post hoc (attack every split), cnn on digits")
+    with tempfile.TemporaryDirectory() as tmp:
+        train(["--output_dir", tmp])
+        data = load_data("digits")
+        loaded = load_model(tmp, num_classes=10, data_channels=1, data_size=8)
+        kw = dict(image_size=loaded.spec.image_size, channels=loaded.spec.in_channels)
+        start = time.perf_counter()
+        profile = profile_model(loaded.split, data["test"], model_name="cnn", dataset_name="digits", progress=False,
+                                **kw)
+        prior = time.perf_counter() - start
+        start = time.perf_counter()
+        aux = take(data["train"], 1000, seed=1)
+        attacks = attack_splits(loaded.split, data["test"], aux, [s.index for s in loaded.split.splits],
+                                AttackConfig(epochs=epochs, progress=False), **kw)
+        sweep = time.perf_counter() - start
+    mse = [round(a.metrics["mse"], 4) for a in attacks]
+    print(f"  a-priori GPZ {profile['gpz']['index']} in {prior:.2f} s; attack sweep over {len(attacks)} splits "
+          f"({epochs} decoder epochs max) in {sweep:.1f} s: {sweep / prior:.0f}x longer; MSE per split {mse}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer samples and decoder epochs")
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    run_script("profile_overhead.py", "--samples", "3000" if args.quick else "10000")
+    run_script("controller_overhead.py")
+    a_priori_vs_post_hoc(epochs=5 if args.quick else 30)
+
+
+if __name__ == "__main__":
+    main()
