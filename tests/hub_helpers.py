@@ -29,7 +29,7 @@ from vortex.models import ModelSpec, build_model, split_model
 from vortex.probe import profile_model
 from vortex.recipe import load_recipe
 
-SECRET = "hf_vortexTestToken0123456789abcdefSECRET"
+SECRET = "hf_vortex_test_token_0123_never_shown"
 
 
 def free_port() -> int:
