@@ -37,7 +37,8 @@ def summary(out: Path) -> str:
     first, at_gpz = by_index[1]["mse"], by_index[prior]["mse"]
     rows += [f"target GPZ {target}, reached {meta.get('reached_gpz')}; test accuracy {meta['test_accuracy']:.4f}"
              + (f" (untargeted {base:.4f})" if base is not None else ""),
-             f"a-priori GPZ {prior}, post-hoc GPZ {post}: {'agree' if attack['agreement'] else 'disagree'}; "
+             f"a-priori GPZ {prior}, post-hoc GPZ {post}: "
+             f"{ {True: 'agree', False: 'disagree', None: 'no post-hoc GPZ'}[attack['agreement']]}; "
              f"attack MSE at the GPZ is {at_gpz / first:.1f}x the MSE at split 1"]
     return "\n".join(rows)
 
