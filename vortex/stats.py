@@ -44,18 +44,24 @@ class ClassStats:
         self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.mean = torch.zeros(num_classes, dim, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.ref: torch.Tensor | None = None
 
     def update(self, z: torch.Tensor, y: torch.Tensor) -> bool:
         """Add a batch: z [B, ...] (flattened to [B, dim]) with integer labels y [B].
 
-        Returns False if z held NaN or Inf (they reach every per-class M2 they touch).
+        The batch is centred on a fixed reference (the first sample seen), so its two-pass
+        statistics run in float32 without losing a large common offset; the per-class results
+        are merged in float64. Returns False if z held NaN or Inf.
         """
-        z = z.reshape(z.shape[0], -1).to(torch.float64)
-        onehot = F.one_hot(y.to(z.device), self.num_classes).to(torch.float64)  # class sums as one matmul
+        z = z.reshape(z.shape[0], -1)
+        if self.ref is None:
+            self.ref = z[0].double()
+        z = (z - self.ref.to(z.dtype)).float()  # centre in the input's own precision, then float32
+        onehot = F.one_hot(y.to(z.device), self.num_classes).to(z.dtype)  # class sums as one matmul
         count = onehot.sum(0)
         mean = onehot.T @ z / count.clamp(min=1).unsqueeze(-1)
         m2 = onehot.T @ (z - mean[y]).pow(2).sum(-1)  # two-pass inside the batch
-        self._merge(count, mean, m2)
+        self._merge(count.double(), mean.double() + self.ref, m2.double())
         return bool(torch.isfinite(m2).all())
 
     def _merge(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
