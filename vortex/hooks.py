@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import SplitError
-from .splits import _FOLLOW_UP_MODULES, SplitPoint, evaluating
+from .splits import _FOLLOW_UP_MODULES, SplitPoint, describe_splits, evaluating
 
 
 def first_tensor(out: Any) -> torch.Tensor | None:
@@ -183,11 +183,7 @@ class HookSplitModel(nn.Module):
 
     def describe(self, example: torch.Tensor) -> list[dict]:
         """Index, name, shape, dim, float32 payload bytes and edge params of every split."""
-        with torch.no_grad(), evaluating(self.model):
-            _, zs = self.forward_all(example[:1])
-        return [{"index": s.index, "name": s.name, "shape": list(z.shape[1:]), "dim": math.prod(z.shape[1:]),
-                 "bytes": 4 * math.prod(z.shape[1:]), "edge_params": self.edge_params(s.index)}
-                for s, z in zip(self.splits, zs)]
+        return describe_splits(self, example)
 
 
 class TrainingTap:

@@ -14,6 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .files import write_atomic  # noqa: E402
 
 
+def _save(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay out, write the figure as a PNG atomically, and free it."""
+    fig.tight_layout()
+    out = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
+    return out
+
+
 def _mark_gpz(ax: Any, gpz: dict) -> None:
     zone = gpz["zone"]
     ax.axvspan(min(zone) - 0.5, max(zone) + 0.5, color="gold", alpha=0.25, lw=0)
@@ -45,10 +53,7 @@ def plot_profile(profile: dict[str, Any], path: str | Path) -> Path:
     _mark_gpz(bottom, gpz)
     bottom.set_xticks(idx, [f"{s['index']}\n{s['name']}" for s in splits], fontsize=7, rotation=30)
     bottom.set_xlabel("split")
-    fig.tight_layout()
-    out = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return out
+    return _save(fig, path, dpi=120)
 
 
 def plot_vortex(controller: dict[str, Any], split_names: list[str], path: str | Path) -> Path:
@@ -74,10 +79,7 @@ def plot_vortex(controller: dict[str, Any], split_names: list[str], path: str | 
     levers.plot([h["levers"]["hold"] for h in history], steps, "-", label="hold (K-1)")
     levers.set_xlabel("lever weight")
     levers.legend(fontsize=8)
-    fig.tight_layout()
-    out = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return out
+    return _save(fig, path, dpi=110)
 
 
 def plot_attack(result: dict[str, Any], path: str | Path) -> Path:
@@ -110,10 +112,7 @@ def plot_attack(result: dict[str, Any], path: str | Path) -> Path:
                   f"post hoc {posthoc.get('index')} (dotted): {agreement}", fontsize=9)
     bottom.set_xticks(idx, [f"{s['index']}\n{s['name']}" for s in splits], fontsize=7, rotation=30)
     bottom.set_xlabel("split")
-    fig.tight_layout()
-    out = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return out
+    return _save(fig, path, dpi=120)
 
 
 def plot_reconstructions(originals: Any, recons: Any, path: str | Path, title: str = "") -> Path:
@@ -132,7 +131,4 @@ def plot_reconstructions(originals: Any, recons: Any, path: str | Path, title: s
             ax.set_yticks([])
         axes[row][0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return out
+    return _save(fig, path, dpi=120)

@@ -40,6 +40,16 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def describe_splits(tapped: nn.Module, example: torch.Tensor) -> list[dict]:
+    """Index, name, shape, dim, float32 payload bytes and edge params of every split of a model
+    with `.model`, `.splits`, `.forward_all(x)` and `.edge_params(k)` (SplitModel or a hook tap)."""
+    with torch.no_grad(), evaluating(tapped.model):
+        _, zs = tapped.forward_all(example[:1])
+    return [{"index": s.index, "name": s.name, "shape": list(z.shape[1:]), "dim": math.prod(z.shape[1:]),
+             "bytes": 4 * math.prod(z.shape[1:]), "edge_params": tapped.edge_params(s.index)}
+            for s, z in zip(tapped.splits, zs)]
+
+
 @dataclass(frozen=True)
 class SplitPoint:
     """One candidate split: 1-based index, a readable name and the fx node it cuts after."""
@@ -246,8 +256,4 @@ class SplitModel(nn.Module):
 
     def describe(self, example: torch.Tensor) -> list[dict]:
         """Index, name, shape, dim, float32 payload bytes and edge params of every split."""
-        with torch.no_grad(), evaluating(self.model):
-            _, zs = self.forward_all(example[:1])
-        return [{"index": s.index, "name": s.name, "shape": list(z.shape[1:]), "dim": math.prod(z.shape[1:]),
-                 "bytes": 4 * math.prod(z.shape[1:]), "edge_params": self.edge_params(s.index)}
-                for s, z in zip(self.splits, zs)]
+        return describe_splits(self, example)
