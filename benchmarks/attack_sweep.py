@@ -23,6 +23,7 @@ import yaml
 from vortex.attacks.sweep import AttackConfig, attack_report, attack_splits, unseen_train_rows
 from vortex.checkpoint import is_checkpoint, read_meta
 from vortex.data import load_data, take
+from vortex.distributed import process_state
 from vortex.files import write_json
 from vortex.loading import load_model
 from vortex.plots import plot_attack
@@ -58,6 +59,7 @@ def trained(model: str, out: Path, samples: int, epochs: int) -> Path:
 def sweep(model: str, ckpt: Path, aux_name: str, setting: dict, fashion, out: Path) -> dict:
     """Profile, then attack every split; returns the attack.json dict with timings and ratios."""
     loaded = load_model(str(ckpt), num_classes=10, data_channels=1, data_size=28)
+    loaded.model.to(process_state().device)
     private = take(fashion["test"], setting["private"], seed=0)
     kw = dict(image_size=loaded.spec.image_size, channels=loaded.spec.in_channels)
     start = time.perf_counter()

@@ -41,7 +41,8 @@ def test_probe_writes_contract_profile_and_plot(tmp_path):
 
 def test_help_explains_every_option():
     out = vortex("probe", "--help").stdout
-    for option in ("--model", "--dataset", "--out", "--split-points", "--labels", "--max-samples", "--gpz-quantity"):
+    for option in ("--model", "--dataset", "--out", "--split-points", "--labels", "--max-samples", "--gpz-quantity",
+                   "--sketch-dim"):
         assert option in out
     top = vortex("--help").stdout
     assert "probe" in top and "train" in top
@@ -55,6 +56,7 @@ def test_help_explains_every_option():
     (["--dataset", "no/such/thing/here"], "data set"),
     (["--model", "alexnet"], "unknown model 'alexnet'"),
     (["--model", "mypkg.nowhere:build"], "cannot load model 'mypkg.nowhere:build'"),
+    (["--sketch-dim", "0"], "--sketch-dim must be at least 1"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     base = {"--model": "cnn", "--dataset": "digits", "--out": str(tmp_path)}

@@ -47,6 +47,22 @@ def test_profile_matches_numpy_on_captured_features(digits):
     assert 1 <= profile["gpz"]["index"] <= sm.num_splits
 
 
+def test_sketch_bounds_wide_splits_and_keeps_their_rho(digits):
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", 10, 1, 8)
+    sm = split_model(build_model(spec), spec)
+    kw = dict(model_name="cnn", dataset_name="digits", progress=False)
+    exact = profile_model(sm, digits["test"], **kw)
+    sketched = profile_model(sm, digits["test"], sketch_dim=512, **kw)
+    for e, s in zip(exact["splits"], sketched["splits"]):
+        if e["dim"] > 512:
+            assert s["sketch_dim"] == 512
+            assert s["rho"] == pytest.approx(e["rho"], rel=0.1), e["name"]
+        else:
+            assert s["sketch_dim"] is None and s["rc2"] == e["rc2"]
+    assert any(s["sketch_dim"] for s in sketched["splits"])
+
+
 def test_predicted_labels_group_by_argmax(digits):
     torch.manual_seed(1)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))

@@ -85,3 +85,47 @@ def test_entropy_bounds_closed_form():
     assert b["h_bound_per_dim"] == pytest.approx(b["h_bound_decision"] / 4)
     assert entropy_bounds([4.0, 4.0], [1, 1], 4.0, 4)["decisive"] == "feature"
     assert np.isfinite(gaussian_entropy(0.0, 3))
+
+
+def numpy_count_sketch(z: np.ndarray, bucket: np.ndarray, sign: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((len(z), width))
+    for i in range(z.shape[1]):
+        out[:, bucket[i]] += sign[i] * z[:, i]
+    return out
+
+
+def test_sketched_statistics_are_the_statistics_of_the_sketch():
+    # the sketch is one fixed linear map: its statistics equal numpy's on the sketched features
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, size=300)
+    z = (rng.normal(size=(300, 500)) + y[:, None] * 0.5).astype(np.float32)
+    stats = ClassStats(4, 500, sketch_dim=64)
+    for i in range(0, 300, 37):
+        stats.update(torch.from_numpy(z[i:i + 37]), torch.from_numpy(y[i:i + 37]))
+    assert stats.mean.shape == (4, 64)
+    sketched = numpy_count_sketch(z.astype(np.float64), stats.sketch.bucket.numpy(), stats.sketch.sign.numpy(), 64)
+    ref, got = numpy_reference(sketched, y, 4), stats.summary()
+    for key in ("rc2", "global_var", "rho"):
+        assert getattr(got, key) == pytest.approx(ref[key], rel=1e-6), key
+
+
+def test_sketch_estimates_the_exact_statistics():
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(5), 200)
+    z = (rng.normal(size=(1000, 20000)) * (1 + y[:, None] / 4) + rng.normal(size=(5, 20000))[y]).astype(np.float32)
+    exact, sketched = numpy_reference(z, y, 5), stream_sketched(z, y, 5, 2048)
+    for key in ("rc2", "global_var", "rho"):
+        assert getattr(sketched, key) == pytest.approx(exact[key], rel=0.05), key
+    assert stream_sketched(z, y, 5, 2048).rc2 == sketched.rc2  # same map on every call (and process)
+
+
+def stream_sketched(z: np.ndarray, y: np.ndarray, num_classes: int, width: int):
+    stats = ClassStats(num_classes, z.shape[1], sketch_dim=width)
+    stats.update(torch.from_numpy(z), torch.from_numpy(y))
+    return stats.summary()
+
+
+def test_sketch_leaves_narrow_layers_exact_and_rejects_bad_width():
+    assert ClassStats(3, 100, sketch_dim=128).sketch is None
+    with pytest.raises(ProfileError, match="--sketch-dim"):
+        ClassStats(3, 100, sketch_dim=0)

@@ -89,6 +89,7 @@ class VortexCallback(TrainerCallback):
         {"start", "end"}); with a target or a non-zero alpha, `attach` installs `compute_loss`.
     controller: `ControllerConfig` overrides (pull, hold_start, margin, max_every, ...);
         baseline_accuracy / max_accuracy_drop: its accuracy guard (as `vortex train`).
+    sketch_dim: estimate splits wider than this from a count sketch (bounded memory).
 
     Multi-process runs are data parallel (DDP): every process profiles its shard of the
     probe set with the model it holds (batch-norm buffers taken from rank 0).
@@ -99,13 +100,13 @@ class VortexCallback(TrainerCallback):
                  max_samples: int | None = None, image_size: int | None = None, channels: int | None = None,
                  label_smoothing: Any = 0.0, controller: dict[str, Any] | None = None,
                  baseline_accuracy: float | None = None, max_accuracy_drop: float | None = None,
-                 dataset_name: str = "probe"):
+                 dataset_name: str = "probe", sketch_dim: int | None = None):
         if every is not None and every < 1:
             raise VortexError(f"every must be at least 1 step, got {every}")
         self.probe_dataset, self.split_points, self.target = probe_dataset, split_points, target_gpz
         self.every, self.labels, self.batch_size, self.max_samples = every, labels, batch_size, max_samples
         self.image_size, self.channels, self.label_smoothing = image_size, channels, label_smoothing
-        self.dataset_name = dataset_name
+        self.dataset_name, self.sketch_dim = dataset_name, sketch_dim
         self.config = ControllerConfig.from_dict({**(controller or {}), **({"every": every} if every else {})})
         self.baseline_accuracy, self.max_accuracy_drop = baseline_accuracy, max_accuracy_drop
         self.trainer = None
@@ -200,7 +201,7 @@ class VortexCallback(TrainerCallback):
                 for buf in model.buffers():
                     buf.copy_(broadcast(buf))
         stats, accuracy = stream_stats(sm, self._batches(), num_classes=self._num_classes, labels=self.labels,
-                                       progress=False)
+                                       progress=False, sketch_dim=self.sketch_dim)
         config = getattr(model, "config", None)
         name = getattr(config, "name_or_path", "") or type(model).__name__
         self.last_profile = build_profile(sm, stats, model_name=name, dataset_name=self.dataset_name,

@@ -13,7 +13,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .checkpoint import CARD, CONFIG, read_meta
-from .files import write_atomic
+from .files import write_text
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "model_card.md.jinja"
 PLOTS = ("profile.png", "vortex.png", "attack.png", "attack/attack.png")
@@ -127,4 +127,4 @@ def render_card(directory: str | Path, repo_id: str | None = None) -> ModelCard:
 def write_card(directory: str | Path, repo_id: str | None = None) -> Path:
     """Render the card and write it to DIR/README.md atomically."""
     text = str(render_card(directory, repo_id))
-    return write_atomic(Path(directory) / CARD, lambda tmp: Path(tmp).write_text(text))
+    return write_text(Path(directory) / CARD, text)

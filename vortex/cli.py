@@ -45,6 +45,9 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpz-quantity", choices=("rho", "rc2"), default="rho",
                    help="curve the GPZ rule reads: rho (scale-free, default) or raw R_c^2 as in the paper")
     p.add_argument("--max-samples", type=int, help="profile at most N samples (default: all)")
+    p.add_argument("--sketch-dim", type=int,
+                   help="estimate splits wider than this from a count sketch of that width, bounding memory to "
+                        "classes x width per split (default: exact); e.g. 16384 for 224x224 inputs")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
     p.add_argument("--image-size", type=int, help="resize images to this side (default: what the model needs)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
@@ -73,7 +76,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     loaded.model.to(state.device)
     profile = profile_model(loaded.split, ds, model_name=args.model, dataset_name=args.dataset,
                             image_size=loaded.spec.image_size, channels=loaded.spec.in_channels, labels=args.labels,
-                            batch_size=args.batch_size, max_samples=args.max_samples, gpz_quantity=args.gpz_quantity)
+                            batch_size=args.batch_size, max_samples=args.max_samples, gpz_quantity=args.gpz_quantity,
+                            sketch_dim=args.sketch_dim)
     if state.is_main_process:
         out = Path(args.out)
         write_json(out / "profile.json", profile)

@@ -18,11 +18,18 @@ def write_atomic(path: str | Path, write: Callable[[str], Any]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -32,3 +39,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
             json.dump(obj, f, indent=2, allow_nan=False)
             f.write("\n")
     return write_atomic(path, dump)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` atomically."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))

@@ -24,7 +24,8 @@ GPZ_QUANTITIES = ("rho", "rc2")
 
 def collect_stats(sm: SplitModel, ds: datasets.Dataset, *, num_classes: int, image_size: int | None,
                   channels: int | None, labels: str = "true", batch_size: int = 256,
-                  max_samples: int | None = None, progress: bool = True) -> tuple[list[ClassStats], float]:
+                  max_samples: int | None = None, progress: bool = True,
+                  sketch_dim: int | None = None) -> tuple[list[ClassStats], float]:
     """Stream `ds` once through the model; return per-split class statistics and accuracy.
 
     With several processes each takes its own shard (no padding duplicates) and the
@@ -33,14 +34,16 @@ def collect_stats(sm: SplitModel, ds: datasets.Dataset, *, num_classes: int, ima
     state = process_state()
     ds = split_dataset_by_node(take(ds, max_samples), rank=state.process_index, world_size=state.num_processes)
     loader = make_loader(ds, batch_size, image_size=image_size, channels=channels)
-    return stream_stats(sm, loader, num_classes=num_classes, labels=labels, progress=progress)
+    return stream_stats(sm, loader, num_classes=num_classes, labels=labels, progress=progress, sketch_dim=sketch_dim)
 
 
 def stream_stats(sm: SplitModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, num_classes: int,
-                 labels: str = "true", progress: bool = True) -> tuple[list[ClassStats], float]:
+                 labels: str = "true", progress: bool = True,
+                 sketch_dim: int | None = None) -> tuple[list[ClassStats], float]:
     """Stream this process's (x, y) batches through the model; reduce the statistics across processes.
 
     Every process must call it (with its own shard of the data): the reduction is collective.
+    Splits wider than `sketch_dim` are count-sketched to that width (see `stats.CountSketch`).
     """
     if labels not in ("true", "predicted"):
         raise ProfileError(f"--labels must be 'true' or 'predicted', not '{labels}'")
@@ -60,7 +63,7 @@ def stream_stats(sm: SplitModel, batches: Iterable[tuple[torch.Tensor, torch.Ten
             correct += torch.stack([(pred == y).sum(), torch.tensor(len(y), device=device)]).double()
             target = y if labels == "true" else pred
             if stats is None:
-                stats = [ClassStats(num_classes, z[0].numel(), device) for z in zs]
+                stats = [ClassStats(num_classes, z[0].numel(), device, sketch_dim) for z in zs]
             for split, (s, z) in enumerate(zip(stats, zs), start=1):
                 if not s.update(z, target):
                     raise ProfileError(
@@ -87,6 +90,7 @@ def build_profile(sm: SplitModel, stats: list[ClassStats], *, model_name: str, d
         small.update(summ.small_classes)
         splits.append({**info, "rc2": summ.rc2, "rc2_per_class": summ.rc2_per_class,
                        "global_var": summ.global_var, "rho": summ.rho,
+                       "sketch_dim": s.dim if s.sketch is not None else None,
                        **entropy_bounds(summ.rc2_per_class, summ.counts, summ.global_var, info["dim"])})
     counts = stats[0].summary().counts
     profile = {
@@ -104,11 +108,16 @@ def build_profile(sm: SplitModel, stats: list[ClassStats], *, model_name: str, d
 def profile_model(sm: SplitModel, ds: datasets.Dataset, *, model_name: str, dataset_name: str,
                   image_size: int | None = None, channels: int | None = None, labels: str = "true",
                   batch_size: int = 256, max_samples: int | None = None, progress: bool = True,
-                  gpz_quantity: str = "rho") -> dict[str, Any]:
-    """Profile every split of `sm` on `ds` in one pass and locate the GPZ a priori."""
+                  gpz_quantity: str = "rho", sketch_dim: int | None = None) -> dict[str, Any]:
+    """Profile every split of `sm` on `ds` in one pass and locate the GPZ a priori.
+
+    `sketch_dim` bounds the memory of wide splits (classes x sketch_dim floats each): their
+    statistics are estimated on a count sketch of z; None (default) keeps them exact.
+    """
     k = data_num_classes(ds)
     stats, acc = collect_stats(sm, ds, num_classes=k, image_size=image_size, channels=channels, labels=labels,
-                               batch_size=batch_size, max_samples=max_samples, progress=progress)
+                               batch_size=batch_size, max_samples=max_samples, progress=progress,
+                               sketch_dim=sketch_dim)
     example, _ = next(iter(make_loader(ds.select([0]), 1, image_size=image_size, channels=channels)))
     example = example.to(next(sm.model.parameters()).device)
     return build_profile(sm, stats, model_name=model_name, dataset_name=dataset_name, labels=labels,

@@ -29,7 +29,8 @@ class Recipe:
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4})
     scheduler: str = "cosine"
     label_smoothing: float | list[float] | dict[str, float] = 0.0
-    probe: dict[str, Any] = field(default_factory=lambda: {"max_samples": None, "batch_size": 256})
+    probe: dict[str, Any] = field(default_factory=lambda: {"max_samples": None, "batch_size": 256,
+                                                           "sketch_dim": None})
     controller: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,6 +53,10 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
     alphas = list(ls.values()) if isinstance(ls, dict) else list(ls) if isinstance(ls, list) else [ls]
     if any(float(a) >= 1 for a in alphas):
         raise VortexError(f"label_smoothing must be below 1 (negative is allowed), got {ls}")
+    unknown = sorted(set(recipe.probe) - {"max_samples", "batch_size", "sketch_dim"})
+    if unknown:
+        raise VortexError(f"recipe probe section has unknown keys {unknown}; known: max_samples, batch_size, "
+                          "sketch_dim")
     if recipe.scheduler not in ("cosine", "constant"):
         raise VortexError(f"scheduler must be 'cosine' or 'constant', not '{recipe.scheduler}'")
     if recipe.optimizer.get("name", "adamw") not in ("adamw", "sgd"):

@@ -3,6 +3,8 @@
 Per class c it keeps the count n_c, the mean m_c and M2_c = sum_i ||z_i - m_c||^2, in float64.
 Batches and processes are merged with Chan et al.'s pairwise formula, so a large common
 offset in z never cancels the variance away (no sum of squares minus square of sums).
+Layers wider than a chosen sketch width are first compressed with a count sketch, which
+keeps squared distances (hence R_c^2, the global variance and rho) in expectation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,26 @@ def combine(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor) -> tup
     return n, mean, m2s.sum(0) + spread
 
 
+class CountSketch:
+    """Linear map R^dim -> R^width: coordinate i goes to a random bucket with a random sign.
+
+    E||S x||^2 = ||x||^2 for every x, so R_c^2 and the global variance of S z are unbiased
+    estimates of those of z, with relative error about sqrt(2 / width) per squared distance.
+    The buckets depend only on (dim, width, seed): every process draws the same map.
+    """
+
+    def __init__(self, dim: int, width: int, seed: int = 0, device: torch.device | str = "cpu"):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + dim)
+        self.width = width
+        self.bucket = torch.randint(width, (dim,), generator=g).to(device)
+        self.sign = (torch.randint(2, (dim,), generator=g) * 2 - 1).to(device)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """Sketch a batch [B, dim] -> [B, width] (same dtype)."""
+        out = z.new_zeros(z.shape[0], self.width)
+        return out.index_add_(1, self.bucket, z * self.sign.to(z.dtype))
+
+
 @dataclass
 class Summary:
     """R_c^2 per class and averaged, global variance and rho of one split."""
@@ -37,12 +59,21 @@ class Summary:
 
 
 class ClassStats:
-    """Per-class count, mean and M2 of flattened features; memory O(classes x dim)."""
+    """Per-class count, mean and M2 of flattened features; memory O(classes x dim).
 
-    def __init__(self, num_classes: int, dim: int, device: torch.device | str = "cpu"):
-        self.num_classes, self.dim = num_classes, dim
+    With `sketch_dim` set and dim larger than it, features are count-sketched to `sketch_dim`
+    coordinates first (memory O(classes x sketch_dim)); `self.sketch` is None when exact.
+    """
+
+    def __init__(self, num_classes: int, dim: int, device: torch.device | str = "cpu",
+                 sketch_dim: int | None = None):
+        if sketch_dim is not None and sketch_dim < 1:
+            raise ProfileError(f"--sketch-dim must be at least 1, got {sketch_dim}")
+        self.num_classes = num_classes
+        self.sketch = CountSketch(dim, sketch_dim, device=device) if sketch_dim and dim > sketch_dim else None
+        self.dim = self.sketch.width if self.sketch else dim
         self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        self.mean = torch.zeros(num_classes, dim, dtype=torch.float64, device=device)
+        self.mean = torch.zeros(num_classes, self.dim, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.ref: torch.Tensor | None = None
 
@@ -54,6 +85,8 @@ class ClassStats:
         are merged in float64. Returns False if z held NaN or Inf.
         """
         z = z.reshape(z.shape[0], -1)
+        if self.sketch is not None:
+            z = self.sketch(z)
         if self.ref is None:
             self.ref = z[0].double()
         z = (z - self.ref.to(z.dtype)).float()  # centre in the input's own precision, then float32

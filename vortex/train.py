@@ -217,7 +217,8 @@ def train(args: argparse.Namespace) -> int:
         for buf in model.buffers():  # batch-norm statistics as rank 0 has them
             buf.copy_(broadcast(buf))
         stats, acc = collect_stats(sm, probe_ds, num_classes=k_classes, image_size=size, channels=chans,
-                                   batch_size=ctrl_cfg.probe_batch_size, progress=False)
+                                   batch_size=ctrl_cfg.probe_batch_size, progress=False,
+                                   sketch_dim=recipe.probe.get("sketch_dim"))
         entry = controller.observe(step, [s.summary().rho for s in stats], acc, step / max(total_steps, 1))
         accelerator.print(f"step {step}: GPZ {entry['gpz']} (target {target}, lead {entry['ratio']:.2f}), "
                           f"probe accuracy {acc:.3f} -> {entry['decision']}")
@@ -288,7 +289,7 @@ def train(args: argparse.Namespace) -> int:
     probe = recipe.probe
     profile = profile_model(sm, test_ds, model_name=str(output_dir), dataset_name=recipe.dataset, image_size=size,
                             channels=chans, batch_size=int(probe.get("batch_size", 256)),
-                            max_samples=probe.get("max_samples"))
+                            max_samples=probe.get("max_samples"), sketch_dim=probe.get("sketch_dim"))
     meta = {"recipe": recipe.to_dict(), "test_accuracy": accuracy, "train_seconds": train_time,
             "profile": profile, "gpz": profile["gpz"]}
     status, verdict = 0, ""

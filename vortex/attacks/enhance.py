@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_ATTENTION_TOKENS = 1024  # larger maps are pooled to 32x32 for attention
+ATTENTION_SIDE = 16  # maps larger than 16x16 attend on a pooled 16x16 grid (256 tokens)
 
 
 class FeatureNorm(nn.Module):
@@ -53,8 +53,8 @@ class FFTAmplitude(nn.Module):
 class AttentionBlock(nn.Module):
     """Pre-norm multi-head self-attention over the positions of a [B, C, h, w] map, plus an MLP.
 
-    Maps with more than MAX_ATTENTION_TOKENS positions attend at 32x32 and the update is
-    upsampled back, so the cost stays bounded.
+    Maps larger than ATTENTION_SIDE x ATTENTION_SIDE attend on a pooled grid of that size and
+    the update is upsampled back, so the cost stays bounded (quadratic in 256 tokens at most).
     """
 
     def __init__(self, channels: int, heads: int = 4):
@@ -67,8 +67,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm1(x)
-        if h * w > MAX_ATTENTION_TOKENS:
-            y = F.adaptive_avg_pool2d(y, (min(h, 32), min(w, 32)))
+        if h > ATTENTION_SIDE or w > ATTENTION_SIDE:
+            y = F.adaptive_avg_pool2d(y, (min(h, ATTENTION_SIDE), min(w, ATTENTION_SIDE)))
         seq = y.flatten(2).transpose(1, 2)
         update = self.attn(seq, seq, seq, need_weights=False)[0].transpose(1, 2).reshape(b, c, *y.shape[-2:])
         if update.shape[-2:] != (h, w):
