@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/performance.py
+
+reproduce: $(STAMP)
+	$(PY) benchmarks/reproduce.py --quick
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
