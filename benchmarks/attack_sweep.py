@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import yaml
 
 from vortex.attacks.sweep import AttackConfig, attack_report, attack_splits, unseen_train_rows
@@ -25,7 +27,7 @@ from vortex.checkpoint import is_checkpoint, read_meta
 from vortex.data import load_data, take
 from vortex.distributed import process_state
 from vortex.files import write_json
-from vortex.loading import load_model
+from vortex.loading import LoadedModel, load_model
 from vortex.plots import plot_attack
 from vortex.probe import profile_model
 from vortex.report import attack_table
@@ -56,31 +58,55 @@ def trained(model: str, out: Path, samples: int, epochs: int) -> Path:
     return ckpt
 
 
-def sweep(model: str, ckpt: Path, aux_name: str, setting: dict, fashion, out: Path) -> dict:
-    """Profile, then attack every split; returns the attack.json dict with timings and ratios."""
+@dataclass
+class Target:
+    """A trained checkpoint ready to attack: loaded once, with its private test images and their profile."""
+
+    model: str
+    ckpt: Path
+    loaded: LoadedModel
+    private: datasets.Dataset
+    profile: dict
+    probe_seconds: float
+
+    @property
+    def image_kw(self) -> dict:
+        return dict(image_size=self.loaded.spec.image_size, channels=self.loaded.spec.in_channels)
+
+
+def prepare(model: str, ckpt: Path, setting: dict, fashion) -> Target:
+    """Load the checkpoint, take the private test images and profile them (once for every attacker)."""
     loaded = load_model(str(ckpt), num_classes=10, data_channels=1, data_size=28)
     loaded.model.to(process_state().device)
     private = take(fashion["test"], setting["private"], seed=0)
     kw = dict(image_size=loaded.spec.image_size, channels=loaded.spec.in_channels)
     start = time.perf_counter()
     profile = profile_model(loaded.split, private, model_name=model, dataset_name="fashion-mnist", progress=False, **kw)
-    probe_s = time.perf_counter() - start
-    if aux_name == "fashion-mnist":
-        aux, source = unseen_train_rows(fashion["train"], read_meta(ckpt), "fashion-mnist")
-    else:
-        aux, source = load_data(aux_name)["train"], "train split"
+    return Target(model, ckpt, loaded, private, profile, time.perf_counter() - start)
+
+
+def aux_sets(target: Target, fashion, mnist) -> dict[str, tuple[datasets.Dataset, str]]:
+    """The attacker's images: Fashion-MNIST train rows the model never saw, and mnist-5k."""
+    return {"fashion-mnist": unseen_train_rows(fashion["train"], read_meta(target.ckpt), "fashion-mnist"),
+            "mnist-5k": (mnist, "train split")}
+
+
+def sweep(target: Target, aux_name: str, aux: tuple[datasets.Dataset, str], setting: dict, out: Path) -> dict:
+    """Attack every split of `target` with the decoder; returns the attack.json dict with timings and ratios."""
     config = AttackConfig(epochs=setting["epochs"], seed=0)
+    split = target.loaded.split
     start = time.perf_counter()
-    attacks = attack_splits(loaded.split, private, aux, [s.index for s in loaded.split.splits], config,
-                            aux_samples=setting["aux"], **kw)
+    attacks = attack_splits(split, target.private, aux[0], [s.index for s in split.splits], config,
+                            aux_samples=setting["aux"], **target.image_kw)
     sweep_s = time.perf_counter() - start
-    result = attack_report(attacks, model=model, dataset="fashion-mnist", aux_dataset=aux_name, attack="decoder",
-                           profile=profile, extra={"aux_source": source, "probe_seconds": probe_s,
-                                                   "sweep_seconds": sweep_s, "accuracy": profile["accuracy"]})
+    result = attack_report(attacks, model=target.model, dataset="fashion-mnist", aux_dataset=aux_name,
+                           attack="decoder", profile=target.profile,
+                           extra={"aux_source": aux[1], "probe_seconds": target.probe_seconds,
+                                  "sweep_seconds": sweep_s, "accuracy": target.profile["accuracy"]})
     mse = {s["index"]: s["mse"] for s in result["splits"]}
     for key, gpz in (("gpz", result["gpz_predicted"]), ("posthoc", result["gpz_posthoc"])):
         result[f"mse_ratio_{key}_to_split1"] = mse[gpz["index"]] / mse[1] if gpz["index"] else None
-    run_dir = out / f"{model}_{aux_name}"
+    run_dir = out / f"{target.model}_{aux_name}"
     write_json(run_dir / "attack.json", result)
     plot_attack(result, run_dir / "attack.png")
     return result
@@ -98,12 +124,12 @@ def main() -> None:
     args = parser.parse_args()
     setting = SETTINGS["quick" if args.quick else "full"]
     out = Path(args.out) / ("quick" if args.quick else "full")
-    fashion = load_data("fashion-mnist")
+    fashion, mnist = load_data("fashion-mnist"), load_data("mnist-5k")["train"]
     summary = []
     for model in ("cnn", "resnet18"):
-        ckpt = trained(model, out, *setting[model])
-        for aux_name in ("fashion-mnist", "mnist-5k"):
-            result = sweep(model, ckpt, aux_name, setting, fashion, out)
+        target = prepare(model, trained(model, out, *setting[model]), setting, fashion)
+        for aux_name, aux in aux_sets(target, fashion, mnist).items():
+            result = sweep(target, aux_name, aux, setting, out)
             print(f"\n== {model} on fashion-mnist (accuracy {result['accuracy']:.3f}), aux {aux_name} "
                   f"({result['aux_source']}, {setting['aux']} images), {setting['private']} private test images")
             print(attack_table(result))

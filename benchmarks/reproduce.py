@@ -30,14 +30,13 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attack_sweep import sweep  # noqa: E402
+from attack_sweep import Target, aux_sets, prepare, sweep  # noqa: E402
 
-from vortex.attacks.sweep import AttackConfig, attack_splits, unseen_train_rows  # noqa: E402
+from vortex.attacks.sweep import AttackConfig, attack_splits  # noqa: E402
 from vortex.checkpoint import is_checkpoint, read_meta  # noqa: E402
-from vortex.data import load_data, take  # noqa: E402
+from vortex.data import load_data  # noqa: E402
 from vortex.distributed import process_state  # noqa: E402
 from vortex.files import write_json, write_text  # noqa: E402
-from vortex.loading import load_model  # noqa: E402
 from vortex.train import main as train  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -83,15 +82,11 @@ def trained(model: str, label: str, mode: str, out: Path) -> Path:
     return ckpt
 
 
-def enhanced(ckpt: Path, splits: list[int], setting: dict, fashion) -> dict[int, float]:
-    """Enhanced-attack MSE at the given splits (same-domain auxiliary images)."""
-    loaded = load_model(str(ckpt), num_classes=10, data_channels=1, data_size=28)
-    loaded.model.to(process_state().device)
-    aux, _ = unseen_train_rows(fashion["train"], read_meta(ckpt), "fashion-mnist")
-    attacks = attack_splits(loaded.split, take(fashion["test"], setting["private"], seed=0), aux, splits,
+def enhanced(target: Target, aux, splits: list[int], setting: dict) -> dict[int, float]:
+    """Enhanced-attack MSE at the given splits."""
+    attacks = attack_splits(target.loaded.split, target.private, aux, splits,
                             AttackConfig(attack="enhanced", epochs=setting["epochs"], seed=0),
-                            image_size=loaded.spec.image_size, channels=loaded.spec.in_channels,
-                            aux_samples=setting["aux"])
+                            aux_samples=setting["aux"], **target.image_kw)
     return {a.index: a.metrics["mse"] for a in attacks}
 
 
@@ -102,17 +97,18 @@ def at_split(meta: dict, index: int) -> dict:
             "accuracy": meta["test_accuracy"]}
 
 
-def reproduce(model: str, mode: str, out: Path, fashion) -> dict:
+def reproduce(model: str, mode: str, out: Path, fashion, mnist) -> dict:
     start = time.perf_counter()
     ckpts = {label: trained(model, label, mode, out) for label in LABELS}
-    one_hot = ckpts["one-hot"]
-    gpz = read_meta(one_hot)["profile"]["gpz"]["index"]
-    labels = {label: at_split(read_meta(c), gpz) for label, c in ckpts.items()}
     setting = ATTACK[mode]
-    decoder = {aux: sweep(model, one_hot, aux, setting, fashion, out) for aux in ("fashion-mnist", "mnist-5k")}
+    target = prepare(model, ckpts["one-hot"], setting, fashion)  # one profile of the scored images for every attack
+    gpz = target.profile["gpz"]["index"]
+    labels = {label: at_split(read_meta(c), gpz) for label, c in ckpts.items()}
+    auxes = aux_sets(target, fashion, mnist)
+    decoder = {name: sweep(target, name, aux, setting, out) for name, aux in auxes.items()}
     same = decoder["fashion-mnist"]
     feature = max(gpz - 1, 1)
-    enh = enhanced(one_hot, sorted({feature, gpz}), setting, fashion)
+    enh = enhanced(target, auxes["fashion-mnist"][0], sorted({feature, gpz}), setting)
     result = {
         "model": model, "mode": mode, "settings": {"train": MODELS[model][mode], "recipe": recipe_parts(model, mode),
                                                    "image_size": image_size(model, mode), "attack": setting},
@@ -215,10 +211,10 @@ def main() -> None:
         print(write_table(results, mode))
         return
     out = Path(args.out) / mode
-    fashion = load_data("fashion-mnist")
+    fashion, mnist = load_data("fashion-mnist"), load_data("mnist-5k")["train"]
     results = []
     for model in args.models:  # the table is rewritten after each model: an interrupted run keeps its rows
-        results.append(reproduce(model, mode, out, fashion))
+        results.append(reproduce(model, mode, out, fashion, mnist))
         md = write_table(results, mode)
     print("\n" + md)
 

@@ -137,3 +137,24 @@ def test_wrong_number_of_classes_is_a_clear_error(digits):
     sm = split_model(build_model(spec), spec)
     with pytest.raises(ProfileError, match=r"outputs shape \(7,\) but the data set has 10 classes"):
         profile_model(sm, digits["test"], model_name="cnn", dataset_name="digits", progress=False)
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x, 2 * x
+
+
+class TupleSplit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flat, self.pair, self.fc = nn.Flatten(), Pair(), nn.Linear(64, 10)
+
+    def forward(self, x):
+        a, b = self.pair(self.flat(x))
+        return self.fc(a + b)
+
+
+def test_a_split_that_is_not_one_tensor_is_a_clear_error(digits):
+    sm = SplitModel(TupleSplit(), ["pair", "fc"])
+    with pytest.raises(ProfileError, match="split pair does not output one tensor"):
+        profile_model(sm, digits["test"], model_name="m", dataset_name="digits", progress=False)

@@ -24,8 +24,6 @@ from typing import Any
 
 import datasets
 import torch
-from accelerate.state import PartialState
-from datasets.distributed import split_dataset_by_node
 from torch import nn
 from transformers import TrainerCallback
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -33,13 +31,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import __version__
 from .controller import ControllerConfig, GPZController
-from .data import make_loader, take
+from .data import make_loader, num_classes
+from .distributed import process_state, sync_buffers
 from .errors import VortexError
 from .files import write_json
 from .hooks import HookSplitModel, TrainingTap, logits_of
 from .labels import soft_target_loss
 from .levers import lever_loss, smoothing_at
-from .probe import build_profile, stream_stats
+from .probe import build_profile, shard_loader, stream_stats
 
 
 class ClassifierForTrainer(nn.Module):
@@ -87,7 +86,8 @@ class VortexCallback(TrainerCallback):
     labels: group by "true" labels or by the model's "predicted" ones.
     label_smoothing: alpha of the soft-target loss (below 1, negative allowed, per class or
         {"start", "end"}); with a target or a non-zero alpha, `attach` installs `compute_loss`.
-    controller: `ControllerConfig` overrides (pull, hold_start, margin, max_every, ...);
+    controller: `ControllerConfig` overrides (pull, hold_start, margin, max_every, ...; its
+        probe_samples / probe_batch_size do not apply: the probe set and `batch_size` above do);
         baseline_accuracy / max_accuracy_drop: its accuracy guard (as `vortex train`).
     sketch_dim: estimate splits wider than this from a count sketch (bounded memory).
 
@@ -167,7 +167,7 @@ class VortexCallback(TrainerCallback):
             self.image_size = self.image_size or getattr(config, "image_size", None)
             self.channels = self.channels or getattr(config, "num_channels", None)
             x, _ = next(iter(make_loader(ds.select([0]), 1, image_size=self.image_size, channels=self.channels)))
-            return x, ds.features["label"].num_classes
+            return x, num_classes(ds)
         x, _ = _collate([ds[0]])
         features = getattr(ds, "features", None) or {}
         label = features.get("labels", features.get("label"))
@@ -180,11 +180,11 @@ class VortexCallback(TrainerCallback):
 
     def _batches(self) -> Any:
         """This process's shard of the probe set as (x, y) batches."""
-        state, ds = PartialState(), self.probe_dataset
+        ds = self.probe_dataset
         if _is_canonical(ds):
-            shard = split_dataset_by_node(take(ds, self.max_samples), rank=state.process_index,
-                                          world_size=state.num_processes)
-            return make_loader(shard, self.batch_size, image_size=self.image_size, channels=self.channels)
+            return shard_loader(ds, self.batch_size, image_size=self.image_size, channels=self.channels,
+                                max_samples=self.max_samples)
+        state = process_state()
         rows = torch.arange(len(ds))
         if self.max_samples is not None:
             rows = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: self.max_samples]
@@ -194,12 +194,7 @@ class VortexCallback(TrainerCallback):
     def profile(self, model: nn.Module) -> dict[str, Any]:
         """The profile.json dictionary of `model` on the probe set; every process must call it."""
         sm = self._split_model(model)
-        if PartialState().num_processes > 1:  # batch-norm statistics as rank 0 has them (as DDP does)
-            from accelerate.utils import broadcast
-
-            with torch.no_grad():
-                for buf in model.buffers():
-                    buf.copy_(broadcast(buf))
+        sync_buffers(model)  # batch-norm statistics as rank 0 has them (as DDP does)
         stats, accuracy = stream_stats(sm, self._batches(), num_classes=self._num_classes, labels=self.labels,
                                        progress=False, sketch_dim=self.sketch_dim)
         config = getattr(model, "config", None)
@@ -309,6 +304,6 @@ class VortexCallback(TrainerCallback):
         if self.controller is not None:
             plot_vortex(self.controller.summary(), self.split_names, out / "vortex.png")
             reached = profile["gpz"]["index"]
-            PartialState().print(
+            process_state().print(
                 f"vortex: target GPZ {self.target} {'reached' if reached == self.target else 'MISSED'}: GPZ at "
                 f"split {reached} ({self.split_names[reached - 1]}), probe accuracy {profile['accuracy']:.4f}")

@@ -99,9 +99,10 @@ def card_context(directory: str | Path, repo_id: str | None = None) -> dict[str,
     dataset = profile.get("dataset") or recipe.get("dataset") or "unknown data"
     controller = meta.get("controller") if isinstance(meta.get("controller"), dict) else {}
     levers = controller.get("levers") or {}
+    accuracy = meta.get("test_accuracy", profile.get("accuracy"))
     return {
         "repo_id": repo_id or "ORG/NAME", "title": repo_id or f"{config['architecture']} on {dataset}",
-        "config": config, "dataset": dataset, "accuracy": _num(meta.get("test_accuracy", profile.get("accuracy"))),
+        "config": config, "dataset": dataset, "accuracy": _num(accuracy), "test_accuracy": accuracy,
         "profile": profile, "gpz": profile.get("gpz") or meta.get("gpz"), "attack": attack, "halves": halves,
         "recipe": recipe, "label_lever": _smoothing(recipe.get("label_smoothing", 0.0)),
         "target": meta.get("target_gpz"), "reached": meta.get("reached_gpz"),
@@ -115,8 +116,7 @@ def card_context(directory: str | Path, repo_id: str | None = None) -> dict[str,
 def render_card(directory: str | Path, repo_id: str | None = None) -> ModelCard:
     """The model card of the checkpoint in `directory` (`repo_id` fills the loading snippets)."""
     ctx = card_context(directory, repo_id)
-    meta = read_meta(directory)
-    results = eval_results(ctx["profile"], ctx["attack"], meta.get("test_accuracy", ctx["profile"].get("accuracy")))
+    results = eval_results(ctx["profile"], ctx["attack"], ctx["test_accuracy"])
     data = ModelCardData(
         model_name=(repo_id or ctx["title"]).split("/")[-1], pipeline_tag="image-classification",
         tags=["vortex", "split-inference", "collaborative-inference", "model-inversion", "golden-partition-zone"],

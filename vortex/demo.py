@@ -16,15 +16,16 @@ import time
 from pathlib import Path
 
 from .cards import write_card
+from .checkpoint import META, read_meta
 from .cli import main as vortex
 from .files import write_json
 from .train import main as train
 
 
-def summary(out: Path) -> str:
-    """Per split: payload, rho, attack MSE / PSNR / SSIM, with the target and both GPZs marked."""
-    meta = json.loads((out / "vortex.json").read_text())
-    attack = json.loads((out / "attack" / "attack.json").read_text())
+def summary(meta: dict) -> str:
+    """Per split of a checkpoint's vortex.json (with its attack): payload, rho, attack MSE / PSNR / SSIM,
+    with the target and both GPZs marked."""
+    attack = meta["attack"]
     by_index = {s["index"]: s for s in attack["splits"]}
     target, prior, post = meta.get("target_gpz"), meta["gpz"]["index"], attack["gpz_posthoc"].get("index")
     rows = [f"{'split':>5}  {'name':<8} {'bytes':>6} {'rho':>6} {'attack MSE':>10} {'PSNR dB':>8} {'SSIM':>6}  marks"]
@@ -62,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
                "--epochs", str(args.attack_epochs), "--max-samples", "360"]):
         return 1
     print("== 4/4 record the attack in vortex.json and the model card", flush=True)
-    meta = json.loads((out / "vortex.json").read_text())
+    meta = read_meta(out)
     meta["attack"] = json.loads((out / "attack" / "attack.json").read_text())
-    write_json(out / "vortex.json", meta)
+    write_json(out / META, meta)
     write_card(out)
     if args.repo_id:
         vortex(["publish", str(out), "--repo-id", args.repo_id])
 
-    print("\n" + summary(out))
+    print("\n" + summary(meta))
     print(f"\nfiles ({time.perf_counter() - start:.0f} s):")
     for name, what in (("README.md", "model card"), ("vortex.json", "splits, profile, controller history, attack"),
                        ("profile.png", "R_c^2 / rho per split"), ("vortex.png", "rho per split over training"),

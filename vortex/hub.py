@@ -105,7 +105,8 @@ def download(repo_id: str, part: str = "full", *, revision: str | None = None, c
     """Download what `part` needs from a Hub repo ('edge', 'cloud', 'weights' or 'full') and return its folder.
 
     'edge' fetches config.json and edge/ only, so a device never receives cloud weights.
-    The repo is refused if it holds pickle files or is not a vortex checkpoint.
+    The repo is refused if it holds pickle files, is not a vortex checkpoint, or names a custom
+    (non built-in) architecture: that would mean importing code a download names.
     """
     from huggingface_hub import HfApi, constants, snapshot_download
 
@@ -123,13 +124,18 @@ def download(repo_id: str, part: str = "full", *, revision: str | None = None, c
 
 
 def _check_vortex(path: Path, source: str, part: str, remote: bool = False) -> None:
-    """Refuse what is not a vortex checkpoint or lacks the part asked for."""
+    """Refuse what is not a vortex checkpoint or lacks the part asked for; from the Hub, also a
+    custom architecture (building it would import code the repo names)."""
     where = f"Hub repo '{source}'" if remote else f"'{source}'"
     config = path / CONFIG
     cfg = json.loads(config.read_text()) if config.is_file() else {}
     if cfg.get("model_type") != "vortex":
         raise HubError(f"{where} is not a vortex checkpoint (no {CONFIG} with model_type 'vortex'); "
                        "write one with `vortex train --output_dir DIR` and publish it with `vortex publish`")
+    if remote and cfg.get("architecture") not in BUILTINS:
+        raise HubError(f"{where} needs the custom architecture '{cfg.get('architecture')}': vortex builds only "
+                       f"built-in architectures ({', '.join(BUILTINS)}) from a download and never runs code a repo "
+                       "names; if you trust that module, download the repo (`hf download`) and load the directory")
     if part in PARTS and not (path / part / WEIGHTS).is_file():
         raise HubError(f"{where} has no {part}/ half; its publisher can add the halves with "
                        "`vortex publish DIR --repo-id ORG/NAME --split K`")
@@ -137,20 +143,9 @@ def _check_vortex(path: Path, source: str, part: str, remote: bool = False) -> N
         raise HubError(f"{where} has no full weights ({WEIGHTS}); load its halves with part='edge' or 'cloud'")
 
 
-def _refuse_custom(path: Path, repo_id: str) -> None:
-    """Build only built-in architectures from a download: a custom one names code to import."""
-    architecture = json.loads((path / CONFIG).read_text()).get("architecture")
-    if architecture not in BUILTINS:
-        raise HubError(f"Hub repo '{repo_id}' needs the custom architecture '{architecture}': vortex builds only "
-                       f"built-in architectures ({', '.join(BUILTINS)}) from a download and never runs code a repo "
-                       "names; if you trust that module, download the repo (`hf download`) and load the directory")
-
-
 def fetch_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     """Download a repo's full weights and configs (not its halves) for loading as a checkpoint directory."""
-    path = download(repo_id, "weights", revision=revision)
-    _refuse_custom(path, repo_id)
-    return path
+    return download(repo_id, "weights", revision=revision)
 
 
 def from_pretrained(repo_or_dir: str | Path, part: str = "full", *, revision: str | None = None,
@@ -172,9 +167,7 @@ def from_pretrained(repo_or_dir: str | Path, part: str = "full", *, revision: st
 
     def fetch(what: str) -> Path:
         if remote:
-            path = download(str(repo_or_dir), what, revision=revision, cache_dir=cache_dir)
-            _refuse_custom(path, str(repo_or_dir))
-            return path
+            return download(str(repo_or_dir), what, revision=revision, cache_dir=cache_dir)
         _check_vortex(local, str(local), what)
         return local
 
@@ -328,7 +321,6 @@ def pull(repo_id: str, out: str | Path, part: str = "edge", *, revision: str | N
     if part not in (*PARTS, "full"):
         raise VortexError(f"--part must be edge, cloud or full, not '{part}'")
     path = download(repo_id, part, revision=revision, local_dir=out)
-    _refuse_custom(path, repo_id)
     if part == "full":
         load_checkpoint(path)
     else:

@@ -10,6 +10,7 @@ from torch import nn
 
 from .checkpoint import is_checkpoint, load_checkpoint
 from .errors import HubError, VortexError
+from .hub import fetch_checkpoint, is_repo_id
 from .models import BUILTINS, ModelSpec, build_model, input_size, split_model
 from .splits import SplitModel
 
@@ -43,14 +44,11 @@ def load_model(arg: str, *, num_classes: int, data_channels: int, data_size: int
                split_points: Sequence[str] | None = None) -> LoadedModel:
     """Build or load the model named by `arg` (a Hub repo id is downloaded) and find its split points."""
     path = Path(arg)
-    if "/" in arg and ":" not in arg and not path.exists():
-        from .hub import fetch_checkpoint, is_repo_id
-
-        if is_repo_id(arg):
-            try:
-                path = fetch_checkpoint(arg)
-            except HubError as exc:
-                raise HubError(f"'{arg}' is not a local directory, and as a Hub repo id: {exc}") from None
+    if is_repo_id(arg):
+        try:
+            path = fetch_checkpoint(arg)
+        except HubError as exc:
+            raise HubError(f"'{arg}' is not a local directory, and as a Hub repo id: {exc}") from None
     if path.is_dir():
         if not is_checkpoint(path):
             raise VortexError(f"'{arg}' is a directory but not a vortex checkpoint (no config.json and "

@@ -83,7 +83,7 @@ def vgg16_bn(num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Modu
     model = VGG(make_layers(cfg, batch_norm=True), num_classes=num_classes)
     model.features[0] = nn.Conv2d(in_channels, cfg[0], 3, padding=1)
     model.avgpool = nn.AdaptiveAvgPool2d(1)
-    hidden = max(cfg[-2] // 2, num_classes)
+    hidden = cfg[-2] // 2
     model.classifier = nn.Sequential(
         nn.Linear(cfg[-2], hidden), nn.ReLU(), nn.Dropout(0.3),
         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.3),

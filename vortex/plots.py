@@ -58,8 +58,6 @@ def plot_profile(profile: dict[str, Any], path: str | Path) -> Path:
 
 def plot_vortex(controller: dict[str, Any], split_names: list[str], path: str | Path) -> Path:
     """The "vortex" plot: rho per split (x) over training steps (y), measured GPZ and target marked."""
-    import numpy as np
-
     history = controller["history"]
     rho = np.array([h["rho"] for h in history])
     steps = [h["step"] for h in history]

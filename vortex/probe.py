@@ -31,10 +31,16 @@ def collect_stats(sm: SplitModel, ds: datasets.Dataset, *, num_classes: int, ima
     With several processes each takes its own shard (no padding duplicates) and the
     statistics are reduced exactly at the end.
     """
-    state = process_state()
-    ds = split_dataset_by_node(take(ds, max_samples), rank=state.process_index, world_size=state.num_processes)
-    loader = make_loader(ds, batch_size, image_size=image_size, channels=channels)
+    loader = shard_loader(ds, batch_size, image_size=image_size, channels=channels, max_samples=max_samples)
     return stream_stats(sm, loader, num_classes=num_classes, labels=labels, progress=progress, sketch_dim=sketch_dim)
+
+
+def shard_loader(ds: datasets.Dataset, batch_size: int, *, image_size: int | None, channels: int | None,
+                 max_samples: int | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of this process's shard of the first `max_samples` rows (seeded) of `ds`."""
+    state = process_state()
+    shard = split_dataset_by_node(take(ds, max_samples), rank=state.process_index, world_size=state.num_processes)
+    return make_loader(shard, batch_size, image_size=image_size, channels=channels)
 
 
 def stream_stats(sm: SplitModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, num_classes: int,
@@ -63,6 +69,9 @@ def stream_stats(sm: SplitModel, batches: Iterable[tuple[torch.Tensor, torch.Ten
             correct += torch.stack([(pred == y).sum(), torch.tensor(len(y), device=device)]).double()
             target = y if labels == "true" else pred
             if stats is None:
+                odd = [s.name for s, z in zip(sm.splits, zs) if not isinstance(z, torch.Tensor)]
+                if odd:
+                    raise ProfileError(f"split {', '.join(odd)} does not output one tensor")
                 stats = [ClassStats(num_classes, z[0].numel(), device, sketch_dim) for z in zs]
             for split, (s, z) in enumerate(zip(stats, zs), start=1):
                 if not s.update(z, target):

@@ -11,6 +11,7 @@ import yaml
 from .errors import VortexError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "cnn_digits.yaml"
+PROBE_DEFAULTS = {"max_samples": None, "batch_size": 256, "sketch_dim": None}  # the `probe:` section's keys
 
 
 @dataclass
@@ -29,8 +30,7 @@ class Recipe:
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4})
     scheduler: str = "cosine"
     label_smoothing: float | list[float] | dict[str, float] = 0.0
-    probe: dict[str, Any] = field(default_factory=lambda: {"max_samples": None, "batch_size": 256,
-                                                           "sketch_dim": None})
+    probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE_DEFAULTS))
     controller: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,10 +53,9 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
     alphas = list(ls.values()) if isinstance(ls, dict) else list(ls) if isinstance(ls, list) else [ls]
     if any(float(a) >= 1 for a in alphas):
         raise VortexError(f"label_smoothing must be below 1 (negative is allowed), got {ls}")
-    unknown = sorted(set(recipe.probe) - {"max_samples", "batch_size", "sketch_dim"})
+    unknown = sorted(set(recipe.probe) - set(PROBE_DEFAULTS))
     if unknown:
-        raise VortexError(f"recipe probe section has unknown keys {unknown}; known: max_samples, batch_size, "
-                          "sketch_dim")
+        raise VortexError(f"recipe probe section has unknown keys {unknown}; known: {', '.join(PROBE_DEFAULTS)}")
     if recipe.scheduler not in ("cosine", "constant"):
         raise VortexError(f"scheduler must be 'cosine' or 'constant', not '{recipe.scheduler}'")
     if recipe.optimizer.get("name", "adamw") not in ("adamw", "sgd"):

@@ -27,10 +27,10 @@ def profile_table(profile: dict[str, Any]) -> str:
                     f"{s['decisive']:<8}{mark}")
     rows.append(f"GPZ a priori: split {gpz['index']} (zone {gpz['zone']}; {gpz['criterion']}); "
                 f"{profile['num_samples']} samples, {profile['labels']} labels, accuracy {profile['accuracy']:.3f}")
-    sketched = [str(s["index"]) for s in profile["splits"] if s.get("sketch_dim")]
+    sketched = [s for s in profile["splits"] if s.get("sketch_dim")]
     if sketched:
-        rows.append(f"split{'s' * (len(sketched) > 1)} {', '.join(sketched)} estimated from a count sketch of width "
-                    f"{profile['splits'][int(sketched[0]) - 1]['sketch_dim']} (--sketch-dim)")
+        rows.append(f"split{'s' * (len(sketched) > 1)} {', '.join(str(s['index']) for s in sketched)} estimated "
+                    f"from a count sketch of width {sketched[0]['sketch_dim']} (--sketch-dim)")
     return "\n".join(rows)
 
 

@@ -33,12 +33,13 @@ import time
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from safetensors.torch import load_model, save_model
 
 from vortex.checkpoint import is_checkpoint, save_checkpoint
 from vortex.controller import ControllerConfig, GPZController, check_target
 from vortex.data import data_shape, load_data, make_loader, num_classes, take
+from vortex.distributed import sync_buffers
 from vortex.errors import VortexError
 from vortex.files import write_atomic
 from vortex.labels import soft_target_loss
@@ -134,10 +135,7 @@ def baseline_accuracy(args: argparse.Namespace, output_dir: Path) -> tuple[Path 
         base_args = copy.copy(args)
         base_args.output_dir, base_args.target_gpz, base_args.holdout_probe = str(base_dir), None, True
         base_args.resume_from_checkpoint = "latest" if (base_dir / "state").is_dir() else None
-        base_args.with_tracking = False
-        for extra in ("push_to_hub",):
-            if hasattr(base_args, extra):
-                setattr(base_args, extra, False)
+        base_args.with_tracking = base_args.push_to_hub = False
         train(base_args)
     meta = base_dir / "vortex.json"
     if not meta.is_file():
@@ -214,8 +212,7 @@ def train(args: argparse.Namespace) -> int:
 
     def measure(step: int) -> None:
         """Profile the probe set (every process a shard), let the controller decide, keep the best weights."""
-        for buf in model.buffers():  # batch-norm statistics as rank 0 has them
-            buf.copy_(broadcast(buf))
+        sync_buffers(model)  # batch-norm statistics as rank 0 has them
         stats, acc = collect_stats(sm, probe_ds, num_classes=k_classes, image_size=size, channels=chans,
                                    batch_size=ctrl_cfg.probe_batch_size, progress=False,
                                    sketch_dim=recipe.probe.get("sketch_dim"))

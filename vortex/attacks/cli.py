@@ -66,32 +66,21 @@ def add_attack_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _note(message: str) -> None:
-    from .sweep import process_state
+    from ..distributed import process_state
 
     if process_state().is_main_process:
         print(f"vortex: note: {message}")
 
 
-def _a_priori_profile(args: argparse.Namespace, loaded: Any, private: Any, device: Any) -> tuple[dict | None, str]:
+def _a_priori_profile(args: argparse.Namespace, loaded: Any, private: Any, meta: dict) -> tuple[dict | None, str]:
     """The checkpoint's stored profile when it matches this data and these splits, else a fresh one."""
-    import torch
-
-    from ..checkpoint import read_meta
     from ..probe import profile_model
-    from .sweep import first_outputs
 
-    if Path(args.model).is_dir():
-        stored = read_meta(args.model).get("profile")
-        if (stored and stored.get("dataset") == args.dataset
-                and [s["name"] for s in stored["splits"]] == [s.name for s in loaded.split.splits]):
-            return stored, "checkpoint profile"
+    stored = meta.get("profile")
+    if (stored and stored.get("dataset") == args.dataset
+            and [s["name"] for s in stored["splits"]] == [s.name for s in loaded.split.splits]):
+        return stored, "checkpoint profile"
     spec = loaded.spec
-    zs = first_outputs(loaded.split, private, image_size=spec.image_size, channels=spec.in_channels,
-                       device=device)
-    odd = [s.name for s, z in zip(loaded.split.splits, zs) if not isinstance(z, torch.Tensor)]
-    if odd:
-        _note(f"no a-priori GPZ (split {', '.join(odd)} does not output one tensor)")
-        return None, "none"
     try:
         profile = profile_model(loaded.split, private, model_name=args.model, dataset_name=args.dataset,
                                 image_size=spec.image_size, channels=spec.in_channels, progress=False)
@@ -109,7 +98,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ..loading import load_model
     from ..plots import plot_attack, plot_reconstructions
     from ..report import attack_table
-    from .sweep import AttackConfig, attack_report, attack_splits, process_state, select_splits, unseen_train_rows
+    from ..distributed import process_state
+    from .sweep import AttackConfig, attack_report, attack_splits, select_splits, unseen_train_rows
 
     start = time.perf_counter()
     config = AttackConfig(attack=args.attack, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
@@ -122,14 +112,14 @@ def cmd_attack(args: argparse.Namespace) -> int:
     state = process_state()
     loaded.model.to(state.device)
     private = take(test, args.max_samples, seed=args.seed)
-    profile, profile_source = _a_priori_profile(args, loaded, private, state.device)
+    meta = read_meta(args.model) if Path(args.model).is_dir() else {}
+    profile, profile_source = _a_priori_profile(args, loaded, private, meta)
     splits = select_splits(loaded.split, args.splits, profile and profile["gpz"])
 
     aux = aux_name = aux_source = None
     if args.attack != "optimize":
         aux_name = args.aux_dataset or args.dataset
         if aux_name == args.dataset:
-            meta = read_meta(args.model) if Path(args.model).is_dir() else {}
             aux, aux_source = unseen_train_rows(data["train"], meta, args.dataset)
         else:
             aux, aux_source = load_data(aux_name, seed=args.data_seed)["train"], "train split"

@@ -186,9 +186,9 @@ def fit_decoder(decoder: nn.Module, z_train: torch.Tensor, x_train: torch.Tensor
     device = torch.device(device)
     decoder.to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     generator = torch.Generator().manual_seed(seed)
-    best, best_state, best_epoch, epoch = math.inf, None, 0, 0
+    best, best_state, best_epoch = math.inf, None, 0
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
         decoder.train()

@@ -43,11 +43,8 @@ class FFTAmplitude(nn.Module):
         if self.kind == "spatial":
             amp = torch.fft.fft2(z.float(), norm="ortho").abs()
             return torch.cat([z, torch.log1p(amp)], dim=1)
-        if self.kind == "tokens":
-            amp = torch.fft.fft(z.float(), dim=1, norm="ortho").abs()
-            return torch.cat([z, torch.log1p(amp)], dim=2)
-        amp = torch.fft.fft(z.float(), dim=1, norm="ortho").abs()
-        return torch.cat([z, torch.log1p(amp)], dim=1)
+        amp = torch.fft.fft(z.float(), dim=1, norm="ortho").abs()  # over tokens, or over the vector
+        return torch.cat([z, torch.log1p(amp)], dim=-1)
 
 
 class AttentionBlock(nn.Module):

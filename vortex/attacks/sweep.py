@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import make_loader
+from ..data import make_loader, take
 from ..errors import AttackError
 from ..gpz import locate_posthoc
 from ..distributed import process_state
@@ -130,7 +130,7 @@ def split_aux(aux: datasets.Dataset, max_samples: int | None, seed: int,
         raise AttackError(f"the auxiliary set has {n} images; a decoder attack needs at least {MIN_AUX_IMAGES} "
                           f"(most to train the decoder, {MIN_VAL_IMAGES}+ held out for early stopping). "
                           "Raise --aux-samples or pass a larger --aux-dataset")
-    aux = aux.shuffle(seed=seed).select(range(n))
+    aux = take(aux, n, seed=seed)
     n_val = max(MIN_VAL_IMAGES, round(val_fraction * n))
     return aux.select(range(n - n_val)), aux.select(range(n - n_val, n))
 
@@ -237,8 +237,8 @@ def attack_splits(sm: SplitModel, private: datasets.Dataset, aux: datasets.Datas
     n_images = len(private) + sum(len(p) for p in aux_parts or ())
     dims = {k: math.prod(shape) for k, shape in _z_shapes(sm, private, mine, image_size, channels, device).items()}
     results = []
+    kw = dict(image_size=image_size, channels=channels, device=device, progress=config.progress)
     for group in plan_passes(dims, n_images, config.feature_memory or _memory_budget()):
-        kw = dict(image_size=image_size, channels=channels, device=device, progress=config.progress)
         x_priv, z_priv = extract_features(sm, private, group, desc="private features", **kw)
         aux_z = None
         if aux_parts:
@@ -253,20 +253,14 @@ def attack_splits(sm: SplitModel, private: datasets.Dataset, aux: datasets.Datas
     return sorted(results, key=lambda r: r.index)
 
 
-def first_outputs(sm: SplitModel, ds: datasets.Dataset, *, image_size: int | None, channels: int | None,
-                  device: torch.device | str) -> list[Any]:
-    """What every split outputs for the first image of `ds` (a tensor, or whatever a split returns)."""
+def _z_shapes(sm: SplitModel, ds: datasets.Dataset, splits: Sequence[int], image_size: int | None,
+              channels: int | None, device: torch.device) -> dict[int, tuple[int, ...]]:
+    """The shape of one sample's z at each of `splits` (checked to be one finite float tensor)."""
     if len(ds) == 0:
         raise AttackError("there are no private images to score: the test split is empty")
     x, _ = next(iter(make_loader(ds.select([0]), 1, image_size=image_size, channels=channels)))
     with torch.no_grad(), evaluating(sm.model):
-        return sm.forward_all(x.to(device))[1]
-
-
-def _z_shapes(sm: SplitModel, ds: datasets.Dataset, splits: Sequence[int], image_size: int | None,
-              channels: int | None, device: torch.device) -> dict[int, tuple[int, ...]]:
-    """The shape of one sample's z at each of `splits` (checked to be one finite float tensor)."""
-    zs = first_outputs(sm, ds, image_size=image_size, channels=channels, device=device)
+        zs = sm.forward_all(x.to(device))[1]
     return {k: tuple(_check_z(sm, k, zs[k - 1]).shape[1:]) for k in splits}
 
 
