@@ -52,6 +52,9 @@ def test_split_is_deterministic_and_stratified(digits):
     assert len(load_data("digits", test_fraction=0.5)["test"]) in (898, 899)
 
 
+@pytest.mark.skipif(not (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="optional data: Debian package dataset-fashion-mnist is not installed "
+                           "(apt-get install dataset-fashion-mnist; .ci/run installs it)")
 def test_fashion_mnist():
     dd = load_data("fashion-mnist")
     assert (len(dd["train"]), len(dd["test"])) == (60000, 10000)

@@ -42,6 +42,10 @@ def hub(tmp_path_factory):
     git_commit(olah.mirrors, "org/nohalves", {k: v for k, v in published.items() if not k.startswith(("edge/",
                                                                                                         "cloud/"))},
                "without halves")
+    for name, config in (("org/rce-top", "config.json"), ("org/rce-edge", "edge/config.json")):
+        planted = {**json.loads(published[config]), "architecture": "os:system",
+                   "options": {"command": f"touch {root / 'ran'}"}}
+        git_commit(olah.mirrors, name, {**published, config: json.dumps(planted).encode()}, "names code")
     olah.start()
     yield {"root": root, "olah": olah, "v1": v1, "v2": v2}
     olah.stop()
@@ -97,6 +101,9 @@ def online(hub):
         {"name": "no_split", "repo_or_dir": REPO, "part": "edge", "split": 99, "cache_dir": c["full"]},
         {"name": "no_repo", "repo_or_dir": "org/missing", "part": "edge"},
         {"name": "no_revision", "repo_or_dir": REPO, "part": "edge", "revision": "v9"},
+        *({"name": f"rce_{where}_{part}", "repo_or_dir": f"org/rce-{where}", "part": part}
+          for where in ("top", "edge") for part in ("edge", "full")),
+        {"name": "rce_probe_model", "call": "load_model", "repo": "org/rce-top"},
     ]
     results, outputs = run_worker(hub, "online", steps, HF_HUB_CACHE=str(hub["root"] / "default_cache"))
     return results, outputs, {k: Path(v) for k, v in c.items()}
@@ -147,6 +154,20 @@ def test_unusable_repos_get_clear_errors(online, step, message):
     results, _, _ = online
     assert "error" in results[step], results[step]
     assert message in results[step]["message"]
+
+
+def test_a_repo_naming_code_is_refused_and_the_code_never_runs(hub, online):
+    results, _, _ = online
+    for name in ("rce_top_edge", "rce_top_full", "rce_edge_edge", "rce_edge_full", "rce_probe_model"):
+        assert results[name]["error"] == "HubError", results[name]
+        assert "names the architecture 'os:system'" in results[name]["message"]
+    out = hub["root"] / "rce_pulled"
+    env = {**os.environ, "HF_ENDPOINT": hub["olah"].url, "HF_HUB_CACHE": str(hub["root"] / "rce_cache")}
+    proc = subprocess.run([sys.executable, "-m", "vortex", "pull", "org/rce-edge", "--part", "edge", "--out",
+                           str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "edge/config.json names the architecture 'os:system'" in proc.stderr
+    assert not (hub["root"] / "ran").exists()
 
 
 def test_offline_mode_loads_from_the_cache(hub, online):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return json.loads((path / CONFIG).read_text())
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, list[str]]:
-    """Rebuild the model from config.json and load its safetensors weights (no pickle)."""
+def load_checkpoint(path: str | Path, *, trust_code: Sequence[str] = ()) -> tuple[nn.Module, ModelSpec, list[str]]:
+    """Rebuild the model from config.json and load its safetensors weights (no pickle).
+
+    A custom architecture is built only when the user trusts its name (see `build_model`).
+    """
     config = read_config(path)
     spec = ModelSpec.from_dict(config)
-    model = build_model(spec)
+    model = build_model(spec, trust_code=trust_code)
     missing, unexpected = load_model(model, str(Path(path) / WEIGHTS), strict=False)
     if missing or unexpected:
         raise VortexError(f"weights in '{path}' do not match a {spec.architecture} model: missing "
@@ -142,11 +146,11 @@ def read_half_config(path: str | Path, part: str) -> dict[str, Any]:
     return config
 
 
-def load_half(path: str | Path, part: str) -> fx.GraphModule:
+def load_half(path: str | Path, part: str, *, trust_code: Sequence[str] = ()) -> fx.GraphModule:
     """Rebuild the `part` half stored under `path` from its own config and weights, verified."""
     config = read_half_config(path, part)
     spec = ModelSpec.from_dict(config)
-    sm = split_model(build_model(spec), spec, config["split_points"])
+    sm = split_model(build_model(spec, trust_code=trust_code), spec, config["split_points"])
     recorded = config["split"]
     k = sm.resolve(recorded["index"])
     if sm.splits[k - 1].name != recorded["name"]:

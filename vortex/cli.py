@@ -49,6 +49,9 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
                    help="estimate splits wider than this from a count sketch of that width, bounding memory to "
                         "classes x width per split (default: exact); e.g. 16384 for 224x224 inputs")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
+    p.add_argument("--trust-code", "--trust_code", action="append", default=[], metavar="PACKAGE.MODULE:FUNCTION",
+                   help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
+                        "vortex never imports code named by a file otherwise")
     p.add_argument("--image-size", type=int, help="resize images to this side (default: what the model needs)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
     p.add_argument("--data-seed", type=int, default=0,
@@ -71,7 +74,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     ds = data[args.split]
     channels, height, _ = data_shape(ds)
     loaded = load_model(args.model, num_classes=num_classes(ds), data_channels=channels, data_size=height,
-                        image_size=args.image_size, channels=args.channels, split_points=args.split_points)
+                        image_size=args.image_size, channels=args.channels, split_points=args.split_points,
+                        trust_code=args.trust_code)
     state = process_state()
     loaded.model.to(state.device)
     profile = profile_model(loaded.split, ds, model_name=args.model, dataset_name=args.dataset,

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +101,13 @@ def _refuse_unsafe(repo_id: str, files: list[str]) -> None:
 
 
 def download(repo_id: str, part: str = "full", *, revision: str | None = None, cache_dir: str | Path | None = None,
-             local_dir: str | Path | None = None) -> Path:
+             local_dir: str | Path | None = None, trust_code: Sequence[str] = ()) -> Path:
     """Download what `part` needs from a Hub repo ('edge', 'cloud', 'weights' or 'full') and return its folder.
 
     'edge' fetches config.json and edge/ only, so a device never receives cloud weights.
     The repo is refused if it holds pickle files, is not a vortex checkpoint, or names a custom
-    (non built-in) architecture: that would mean importing code a download names.
+    (non built-in) architecture the caller did not trust by name: that would mean importing code
+    a download names.
     """
     from huggingface_hub import HfApi, constants, snapshot_download
 
@@ -119,23 +120,38 @@ def download(repo_id: str, part: str = "full", *, revision: str | None = None, c
         path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=PATTERNS[part],
                                       ignore_patterns=[f"*{s}" for s in PICKLE_SUFFIXES],
                                       cache_dir=cache_dir, local_dir=local_dir))
-    _check_vortex(path, repo_id, part, remote=True)
+    _check_vortex(path, repo_id, part, remote=True, trust_code=trust_code)
     return path
 
 
-def _check_vortex(path: Path, source: str, part: str, remote: bool = False) -> None:
-    """Refuse what is not a vortex checkpoint or lacks the part asked for; from the Hub, also a
-    custom architecture (building it would import code the repo names)."""
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path` ({} when absent), with a one-line error when it is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HubError(f"'{path}' is not valid JSON ({exc}); the checkpoint is damaged: download or save it again")
+    if not isinstance(data, dict):
+        raise HubError(f"'{path}' holds a JSON {type(data).__name__}, not an object; the checkpoint is damaged")
+    return data
+
+
+def _check_vortex(path: Path, source: str, part: str, remote: bool = False, trust_code: Sequence[str] = ()) -> None:
+    """Refuse what is not a vortex checkpoint or lacks the part asked for, and any config (the
+    top-level one or a half's) naming an architecture that is neither built in nor trusted by
+    name (building it would import code a file names)."""
     where = f"Hub repo '{source}'" if remote else f"'{source}'"
-    config = path / CONFIG
-    cfg = json.loads(config.read_text()) if config.is_file() else {}
+    cfg = _read_json(path / CONFIG)
     if cfg.get("model_type") != "vortex":
         raise HubError(f"{where} is not a vortex checkpoint (no {CONFIG} with model_type 'vortex'); "
                        "write one with `vortex train --output_dir DIR` and publish it with `vortex publish`")
-    if remote and cfg.get("architecture") not in BUILTINS:
-        raise HubError(f"{where} needs the custom architecture '{cfg.get('architecture')}': vortex builds only "
-                       f"built-in architectures ({', '.join(BUILTINS)}) from a download and never runs code a repo "
-                       "names; if you trust that module, download the repo (`hf download`) and load the directory")
+    for config in (CONFIG, *(f"{p}/{CONFIG}" for p in PARTS)):
+        arch = _read_json(path / config).get("architecture", BUILTINS[0])
+        if arch not in BUILTINS and arch not in trust_code:
+            raise HubError(f"{where}: {config} names the architecture '{arch}', which is not built in "
+                           f"({', '.join(BUILTINS)}); vortex never imports code a file names. If you trust that "
+                           f"function, pass --trust-code {arch} (trust_code=['{arch}'] in Python)")
     if part in PARTS and not (path / part / WEIGHTS).is_file():
         raise HubError(f"{where} has no {part}/ half; its publisher can add the halves with "
                        "`vortex publish DIR --repo-id ORG/NAME --split K`")
@@ -143,20 +159,22 @@ def _check_vortex(path: Path, source: str, part: str, remote: bool = False) -> N
         raise HubError(f"{where} has no full weights ({WEIGHTS}); load its halves with part='edge' or 'cloud'")
 
 
-def fetch_checkpoint(repo_id: str, revision: str | None = None) -> Path:
+def fetch_checkpoint(repo_id: str, revision: str | None = None, trust_code: Sequence[str] = ()) -> Path:
     """Download a repo's full weights and configs (not its halves) for loading as a checkpoint directory."""
-    return download(repo_id, "weights", revision=revision)
+    return download(repo_id, "weights", revision=revision, trust_code=trust_code)
 
 
 def from_pretrained(repo_or_dir: str | Path, part: str = "full", *, revision: str | None = None,
-                    split: int | str | None = None, cache_dir: str | Path | None = None) -> nn.Module:
+                    split: int | str | None = None, cache_dir: str | Path | None = None,
+                    trust_code: Sequence[str] = ()) -> nn.Module:
     """Load a vortex checkpoint from the Hub (`org/name`) or a local directory, in eval mode.
 
     part='edge': the edge half (image -> z); 'cloud': the cloud half (z -> logits); 'full': the
     whole model. The halves are those stored in the checkpoint (cut at its GPZ), checked against
     the recorded split before they are returned; from the Hub, part='edge' downloads edge/ only.
     A `split` other than the stored one cuts the full weights there (and so downloads them).
-    Never unpickles and never runs remote code.
+    Never unpickles; a custom (`package.module:function`) architecture is built only when its
+    name is in `trust_code`.
     """
     if part not in (*PARTS, "full"):
         raise VortexError(f"part must be 'edge', 'cloud' or 'full', not '{part}'")
@@ -167,19 +185,19 @@ def from_pretrained(repo_or_dir: str | Path, part: str = "full", *, revision: st
 
     def fetch(what: str) -> Path:
         if remote:
-            return download(str(repo_or_dir), what, revision=revision, cache_dir=cache_dir)
-        _check_vortex(local, str(local), what)
+            return download(str(repo_or_dir), what, revision=revision, cache_dir=cache_dir, trust_code=trust_code)
+        _check_vortex(local, str(local), what, trust_code=trust_code)
         return local
 
     if part != "full":
         path = fetch(part)
         recorded = read_half_config(path, part)["split"]
         if split is None or str(split) in (str(recorded["index"]), recorded["name"]):
-            return load_half(path, part)
+            return load_half(path, part, trust_code=trust_code)
         if not remote and not is_checkpoint(local):
             raise VortexError(f"'{local}' holds only the {part} half at split {recorded['index']} "
                               f"({recorded['name']}); load that split, or the full checkpoint to cut at {split}")
-    model, spec, names = load_checkpoint(fetch("weights"))
+    model, spec, names = load_checkpoint(fetch("weights"), trust_code=trust_code)
     model.eval()
     if part == "full":
         return model
@@ -243,7 +261,7 @@ def with_retries(action: Callable[[], T], what: str, *, tries: int = 3, backoff:
 
 def publish(directory: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
             commit_message: str | None = None, split: int | str | None = None, token: str | None = None,
-            tries: int = 3, backoff: float = 2.0) -> Published:
+            tries: int = 3, backoff: float = 2.0, trust_code: Sequence[str] = ()) -> Published:
     """Push a checkpoint directory to a Hub model repo in one commit.
 
     Creates the repo if needed (and the branch `revision`), uploads every file but training
@@ -258,7 +276,7 @@ def publish(directory: str | Path, repo_id: str, *, private: bool = False, revis
     root = Path(directory)
     read_config(root)
     if split is not None or not all((root / p / WEIGHTS).is_file() for p in PARTS):
-        _recut(root, split)
+        _recut(root, split, trust_code)
         write_card(root)
     meta = read_meta(root)
     card = str(render_card(root, repo_id)).encode()
@@ -299,12 +317,12 @@ def _reason(exc: BaseException) -> str:
     return first
 
 
-def _recut(root: Path, split: int | str | None) -> None:
+def _recut(root: Path, split: int | str | None, trust_code: Sequence[str] = ()) -> None:
     """Write the halves of the checkpoint in `root` at `split` (default: its GPZ) and record them."""
     from .files import write_json
 
     meta = read_meta(root)
-    model, spec, names = load_checkpoint(root)
+    model, spec, names = load_checkpoint(root, trust_code=trust_code)
     sm = split_model(model, spec, names)
     k = split if split is not None else gpz_index(meta)
     if k is None:
@@ -316,15 +334,16 @@ def _recut(root: Path, split: int | str | None) -> None:
 # Pull ----------------------------------------------------------------------------------------------------
 
 
-def pull(repo_id: str, out: str | Path, part: str = "edge", *, revision: str | None = None) -> Path:
+def pull(repo_id: str, out: str | Path, part: str = "edge", *, revision: str | None = None,
+         trust_code: Sequence[str] = ()) -> Path:
     """Download one part ('edge', 'cloud' or 'full': the whole checkpoint) into `out` and verify it loads."""
     if part not in (*PARTS, "full"):
         raise VortexError(f"--part must be edge, cloud or full, not '{part}'")
-    path = download(repo_id, part, revision=revision, local_dir=out)
+    path = download(repo_id, part, revision=revision, local_dir=out, trust_code=trust_code)
     if part == "full":
-        load_checkpoint(path)
+        load_checkpoint(path, trust_code=trust_code)
     else:
-        load_half(path, part)
+        load_half(path, part, trust_code=trust_code)
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoint import read_half_config
@@ -35,22 +36,26 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--commit-message", "--commit_message", help="commit message (default: a summary)")
     p.add_argument("--split", help="re-cut the edge/ and cloud/ halves at this split (index or name) first; "
                                    "default: keep them (written at the GPZ if missing)")
+    p.add_argument("--trust-code", "--trust_code", action="append", default=[], metavar="PACKAGE.MODULE:FUNCTION",
+                   help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
+                        "vortex never imports code named by a file otherwise")
     p.set_defaults(func=cmd_publish)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     push_checkpoint(args.directory, args.repo_id, private=args.private, revision=args.revision,
-                    commit_message=args.commit_message, split=args.split)
+                    commit_message=args.commit_message, split=args.split, trust_code=args.trust_code)
     return 0
 
 
 def push_checkpoint(directory: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                    commit_message: str | None = None, split: str | None = None) -> None:
+                    commit_message: str | None = None, split: str | None = None,
+                    trust_code: Sequence[str] = ()) -> None:
     """Publish a checkpoint directory and print what was pushed (never the token)."""
     from .hub import publish
 
     done = publish(directory, repo_id, private=private, revision=revision, commit_message=commit_message,
-                   split=split)
+                   split=split, trust_code=trust_code)
     print(f"published {directory} to {done.repo_id} ({done.revision}) in one commit: "
           f"{len(done.files)} files, {_size(done.size)}")
     print(f"  commit  {done.commit_url}")
@@ -74,13 +79,16 @@ def add_pull_parser(sub: argparse._SubParsersAction) -> None:
                    help="edge (default): edge/ only; cloud: cloud/ only; full: the whole checkpoint")
     p.add_argument("--out", required=True, help="directory to download into")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--trust-code", "--trust_code", action="append", default=[], metavar="PACKAGE.MODULE:FUNCTION",
+                   help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
+                        "vortex never imports code named by a file otherwise")
     p.set_defaults(func=cmd_pull)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from .hub import folder_size, pull
 
-    path = pull(args.repo_id, args.out, args.part, revision=args.revision)
+    path = pull(args.repo_id, args.out, args.part, revision=args.revision, trust_code=args.trust_code)
     count, size = folder_size(path)
     what = "the whole checkpoint" if args.part == "full" else f"the {args.part} half"
     print(f"pulled {what} of {args.repo_id} ({args.revision or 'main'}) into {args.out}: {count} files, "

@@ -41,23 +41,27 @@ def resolve_spec(arg: str, *, num_classes: int, data_channels: int, data_size: i
 
 def load_model(arg: str, *, num_classes: int, data_channels: int, data_size: int,
                image_size: int | None = None, channels: int | None = None,
-               split_points: Sequence[str] | None = None) -> LoadedModel:
-    """Build or load the model named by `arg` (a Hub repo id is downloaded) and find its split points."""
+               split_points: Sequence[str] | None = None, trust_code: Sequence[str] = ()) -> LoadedModel:
+    """Build or load the model named by `arg` (a Hub repo id is downloaded) and find its split points.
+
+    `arg` itself comes from the user, so a `package.module:function` there is trusted; one
+    named by a checkpoint's config.json only when it is in `trust_code`.
+    """
     path = Path(arg)
     if is_repo_id(arg):
         try:
-            path = fetch_checkpoint(arg)
+            path = fetch_checkpoint(arg, trust_code=trust_code)
         except HubError as exc:
             raise HubError(f"'{arg}' is not a local directory, and as a Hub repo id: {exc}") from None
     if path.is_dir():
         if not is_checkpoint(path):
             raise VortexError(f"'{arg}' is a directory but not a vortex checkpoint (no config.json and "
                               "model.safetensors); pass a checkpoint written by `vortex train`")
-        model, spec, saved_points = load_checkpoint(path)
+        model, spec, saved_points = load_checkpoint(path, trust_code=trust_code)
         if spec.num_classes != num_classes:
             raise VortexError(f"model '{arg}' has {spec.num_classes} outputs but the data set has "
                               f"{num_classes} classes; profile it on data with the classes it was trained on")
         return LoadedModel(split_model(model, spec, split_points or saved_points or None), spec, arg)
     spec = resolve_spec(arg, num_classes=num_classes, data_channels=data_channels, data_size=data_size,
                         image_size=image_size, channels=channels)
-    return LoadedModel(split_model(build_model(spec), spec, split_points), spec, arg)
+    return LoadedModel(split_model(build_model(spec, trust_code=[arg]), spec, split_points), spec, arg)

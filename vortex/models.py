@@ -151,8 +151,18 @@ def split_model(model: nn.Module, spec: ModelSpec, split_points: Sequence[str] |
     return SplitModel(model)  # torchvision-style: found with torch.fx
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """Build the (untrained) model a spec describes."""
+def is_entry_point(name: str) -> bool:
+    """Whether a model name is a `package.module:function` entry point (code to import)."""
+    return ":" in name
+
+
+def build_model(spec: ModelSpec, *, trust_code: Sequence[str] = ()) -> nn.Module:
+    """Build the (untrained) model a spec describes.
+
+    A `package.module:function` architecture is imported only when its name is in
+    `trust_code`: names the user gave on the command line or in code, never ones read from a
+    file (config.json, a recipe, a download), as transformers' `trust_remote_code`.
+    """
     arch = spec.architecture
     if arch == "cnn":
         return cnn(spec.num_classes, spec.in_channels, **spec.options)
@@ -162,7 +172,11 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return vgg16_bn(spec.num_classes, spec.in_channels, **spec.options)
     if arch == "vit":
         return vit(spec.num_classes, spec.in_channels, spec.image_size, **spec.options)
-    if ":" in arch:
+    if is_entry_point(arch):
+        if arch not in trust_code:
+            raise VortexError(f"the model config names code to import ('{arch}'); vortex never imports code named by "
+                              f"a file. If you trust that function, say so: --trust-code {arch} on the command "
+                              f"line, or trust_code=['{arch}'] in Python")
         return _custom_model(arch, spec)
     raise VortexError(
         f"unknown model '{arch}': use a built-in ({', '.join(BUILTINS)}), a directory written by "

@@ -26,9 +26,12 @@ if __package__ in (None, ""):  # run as a script: import the package, not its si
 
 import argparse
 import copy
+import hashlib
 import json
 import math
+import os
 import re
+import shutil
 import time
 
 import torch
@@ -36,12 +39,12 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from safetensors.torch import load_model, save_model
 
-from vortex.checkpoint import is_checkpoint, save_checkpoint
+from vortex.checkpoint import is_checkpoint, read_meta, save_checkpoint
 from vortex.controller import ControllerConfig, GPZController, check_target
 from vortex.data import data_shape, load_data, make_loader, num_classes, take
 from vortex.distributed import sync_buffers
 from vortex.errors import VortexError
-from vortex.files import write_atomic
+from vortex.files import write_atomic, write_json
 from vortex.labels import soft_target_loss
 from vortex.levers import lever_loss, smoothing_at
 from vortex.loading import resolve_spec
@@ -52,6 +55,7 @@ from vortex.recipe import load_recipe
 from vortex.report import profile_table
 
 TARGET_MISSED = 3
+RUN_STATE = "vortex_state.json"  # vortex's part of a saved training state (controller, run fingerprint)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --target-gpz: the untargeted run to compare accuracy with: a checkpoint directory, "
                         "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'")
     p.add_argument("--model", help="override the recipe's model (built-in name or package.module:function)")
+    p.add_argument("--trust-code", "--trust_code", action="append", default=[], metavar="PACKAGE.MODULE:FUNCTION",
+                   help="allow a recipe that names this custom architecture to import it (repeatable); a --model "
+                        "given on the command line is trusted as it is")
     p.add_argument("--dataset", help="override the recipe's data set")
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
@@ -103,13 +110,57 @@ def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
 
 
 def find_resume_dir(output_dir: Path, arg: str) -> Path:
-    """The state directory to resume from: the newest under OUTPUT_DIR/state for 'latest'."""
+    """The state directory to resume from: the newest complete one under OUTPUT_DIR/state for 'latest'."""
     if arg != "latest":
-        return Path(arg)
-    candidates = sorted((output_dir / "state").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        path = Path(arg)
+        if not (path / RUN_STATE).is_file():
+            raise VortexError(f"--resume_from_checkpoint {arg}: not a complete vortex training state (no {RUN_STATE}); "
+                              f"pass a step_N directory under {output_dir / 'state'} or 'latest'")
+        return path
+    candidates = sorted((p for p in (output_dir / "state").glob("step_*")
+                         if re.fullmatch(r"step_\d+", p.name) and (p / RUN_STATE).is_file()),
+                        key=lambda p: int(p.name.split("_")[1]))
     if not candidates:
-        raise VortexError(f"--resume_from_checkpoint latest: no saved state under {output_dir / 'state'}")
+        raise VortexError(f"--resume_from_checkpoint latest: no complete saved state under {output_dir / 'state'}")
     return candidates[-1]
+
+
+def run_fingerprint(recipe: dict, target: int | None, max_accuracy_drop: float) -> str:
+    """A hash of everything that decides a run's trajectory: a state resumes only into the same run."""
+    settings = {"recipe": recipe, "target_gpz": target, "max_accuracy_drop": max_accuracy_drop}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_training_state(accelerator: Accelerator, output_dir: Path, step: int, run_state: dict) -> None:
+    """Save Accelerate's state and vortex's own (JSON, never pickle) into state/step_N as one unit:
+    written beside it and renamed into place, so an interrupted save leaves no step_N behind."""
+    final, partial = output_dir / "state" / f"step_{step}", output_dir / "state" / f".step_{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(partial / RUN_STATE, run_state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+    accelerator.wait_for_everyone()
+
+
+def read_run_state(state_dir: Path, fingerprint: str) -> dict:
+    """vortex's JSON state saved with `state_dir`, refused when it belongs to another run."""
+    try:
+        saved = json.loads((state_dir / RUN_STATE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VortexError(f"cannot read {state_dir / RUN_STATE} ({exc}); resume from another state or start afresh")
+    foreign = sorted(p.name for p in state_dir.glob("custom_checkpoint_*"))
+    if foreign:
+        raise VortexError(f"{state_dir} holds {', '.join(foreign)}: pickled state that vortex never writes and will "
+                          "not load (it could run code); resume from a state written by this vortex version")
+    if saved.get("fingerprint") != fingerprint:
+        raise VortexError(f"{state_dir} was saved by a run with other settings (recipe, data or target); resuming "
+                          "it would mix two runs. Use the settings of that run, or another --output_dir")
+    return saved
 
 
 @torch.no_grad()
@@ -168,12 +219,13 @@ def train(args: argparse.Namespace) -> int:
     k_classes = num_classes(train_ds)
     spec = resolve_spec(recipe.model, num_classes=k_classes, data_channels=channels, data_size=height,
                         image_size=recipe.image_size, channels=recipe.channels, options=recipe.model_options)
+    trusted = [*args.trust_code, *([args.model] if args.model else [])]  # what the user named, not a file
     base_dir, base_acc = None, None
     if target is not None:  # refuse a bad target before any training (the baseline's included) starts
-        check_target(target, [s.name for s in split_model(build_model(spec), spec).splits])
+        check_target(target, [s.name for s in split_model(build_model(spec, trust_code=trusted), spec).splits])
         base_dir, base_acc = baseline_accuracy(args, output_dir)
     set_seed(recipe.seed)
-    model = build_model(spec)
+    model = build_model(spec, trust_code=trusted)
     sm = split_model(model, spec)
     split_names = [s.name for s in sm.splits]
 
@@ -191,7 +243,6 @@ def train(args: argparse.Namespace) -> int:
     if target is not None:  # accuracy guard: held-out probe accuracy vs the baseline's test accuracy
         controller = GPZController(target, split_names, ctrl_cfg, base_acc,
                                    args.max_accuracy_drop if base_acc is not None else None)
-        accelerator.register_for_checkpointing(controller)
         accelerator.print(f"controller: target GPZ at split {target} ({split_names[target - 1]}), measuring every "
                           f"{ctrl_cfg.every}-{ctrl_cfg.max_every} steps on {len(probe_ds)} held-out samples"
                           + (f"; baseline test accuracy {base_acc:.4f}" if base_acc is not None else ""))
@@ -225,20 +276,32 @@ def train(args: argparse.Namespace) -> int:
         if controller.is_better(entry) and accelerator.is_main_process:
             write_atomic(output_dir / "best" / "model.safetensors", lambda tmp: save_model(model, tmp))
 
-    # Resume: the state directory name says how many optimiser steps were done
+    # Resume: vortex's JSON state says how many optimiser steps were done and holds the controller
+    fingerprint = run_fingerprint(recipe.to_dict(), target, args.max_accuracy_drop)
+
+    def save_state(step: int) -> None:
+        save_training_state(accelerator, output_dir, step, {
+            "fingerprint": fingerprint, "step": step, "controller": controller.state_dict() if controller else None})
+
     step = 0
     if args.resume_from_checkpoint:
         state_dir = find_resume_dir(output_dir, args.resume_from_checkpoint)
+        saved = read_run_state(state_dir, fingerprint)
         accelerator.print(f"resuming from {state_dir}")
-        accelerator.load_state(str(state_dir))
-        match = re.fullmatch(r"step_(\d+)", state_dir.name)
-        if not match:
-            raise VortexError(f"cannot tell the step of state directory '{state_dir}': expected step_N")
-        step = int(match.group(1))
+        accelerator.load_state(str(state_dir))  # Accelerate's files: safetensors and weights_only loads
+        step = int(saved["step"])
+        if controller:
+            controller.load_state_dict(saved["controller"])
+        done = read_meta(output_dir) if is_checkpoint(output_dir) else {}
+        if step >= total_steps and done.get("fingerprint") == fingerprint:
+            accelerator.print(f"{output_dir} holds this run, finished: nothing to resume (test accuracy "
+                              f"{done['test_accuracy']:.4f})")
+            accelerator.end_training()
+            return TARGET_MISSED if done.get("target_reached") is False else 0
 
     every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
     start_epoch, skip = divmod(step, steps_per_epoch)
-    accuracy, started, measuring = 0.0, time.perf_counter(), 0.0
+    accuracy, started, measuring = None, time.perf_counter(), 0.0
     net.train()
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.set_epoch(epoch)
@@ -260,15 +323,17 @@ def train(args: argparse.Namespace) -> int:
                 measure(step)
                 measuring += time.perf_counter() - t0
             if every and step % every == 0:
-                accelerator.save_state(str(output_dir / "state" / f"step_{step}"))
+                save_state(step)
         accuracy = evaluate(net, test_loader, accelerator)
         accelerator.print(f"epoch {epoch + 1}/{recipe.epochs}: loss {running / max(batches, 1):.4f}, "
                           f"test accuracy {accuracy:.4f}")
         if args.with_tracking:
             accelerator.log({"train_loss": running / max(batches, 1), "test_accuracy": accuracy}, step=step)
         if every is None:
-            accelerator.save_state(str(output_dir / "state" / f"step_{step}"))
+            save_state(step)
     train_time = time.perf_counter() - started
+    if accuracy is None:  # resumed after the last epoch (e.g. interrupted while profiling): measure it again
+        accuracy = evaluate(net, test_loader, accelerator)
 
     # With a target: finish on a measurement; fall back to the best weights if the end missed it
     if controller:
@@ -287,7 +352,8 @@ def train(args: argparse.Namespace) -> int:
     profile = profile_model(sm, test_ds, model_name=str(output_dir), dataset_name=recipe.dataset, image_size=size,
                             channels=chans, batch_size=int(probe.get("batch_size", 256)),
                             max_samples=probe.get("max_samples"), sketch_dim=probe.get("sketch_dim"))
-    meta = {"recipe": recipe.to_dict(), "test_accuracy": accuracy, "train_seconds": train_time,
+    meta = {"recipe": recipe.to_dict(), "fingerprint": fingerprint, "test_accuracy": accuracy,
+            "train_seconds": train_time,
             "profile": profile, "gpz": profile["gpz"]}
     status, verdict = 0, ""
     if controller:

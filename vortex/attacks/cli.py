@@ -58,6 +58,9 @@ def add_attack_parser(sub: argparse._SubParsersAction) -> None:
                    help="auxiliary images used, 10%% of them held out for early stopping (default: 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, decoders and shuffles (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="decoder training batch (default: 64)")
+    p.add_argument("--trust-code", "--trust_code", action="append", default=[], metavar="PACKAGE.MODULE:FUNCTION",
+                   help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
+                        "vortex never imports code named by a file otherwise")
     p.add_argument("--image-size", type=int, help="resize images to this side (default: what the model needs)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
     p.add_argument("--data-seed", type=int, default=0,
@@ -108,7 +111,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     test = data["test"]
     channels, height, _ = data_shape(test)
     loaded = load_model(args.model, num_classes=num_classes(test), data_channels=channels, data_size=height,
-                        image_size=args.image_size, channels=args.channels)
+                        image_size=args.image_size, channels=args.channels, trust_code=args.trust_code)
     state = process_state()
     loaded.model.to(state.device)
     private = take(test, args.max_samples, seed=args.seed)

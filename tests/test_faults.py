@@ -1,0 +1,154 @@
+"""Trust: nothing vortex reads (a config, a saved state) runs code; states resume only into their own run."""
+
+import json
+import pickle
+import shutil
+import sys
+
+import pytest
+import torch
+
+from hub_helpers import make_checkpoint
+from vortex.checkpoint import load_checkpoint, load_half
+from vortex.errors import VortexError
+from vortex.hub import from_pretrained
+from vortex.loading import load_model
+from vortex.models import ModelSpec, build_model
+from vortex.train import RUN_STATE
+from vortex.train import main as train
+
+TINY = """
+model: cnn
+model_options: {width: 4}
+dataset: digits
+seed: 1
+epochs: 2
+batch_size: 64
+max_train_samples: 128
+optimizer: {name: adamw, lr: 0.01, weight_decay: 0.0}
+probe: {max_samples: 100, batch_size: 100}
+"""
+
+
+def plant_code(config_path, marker):
+    """Rewrite a config so that building its model would run `touch marker` through os.system."""
+    config = json.loads(config_path.read_text())
+    config.update(architecture="os:system", options={"command": f"touch {marker}"})
+    config_path.write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("faults") / "ckpt")
+
+
+@pytest.mark.parametrize("config", ["config.json", "edge/config.json", "cloud/config.json"])
+@pytest.mark.parametrize("part", ["edge", "cloud", "full"])
+def test_a_local_config_naming_code_never_runs_it(checkpoint, tmp_path, config, part):
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "ran"
+    shutil.copytree(checkpoint, ckpt)
+    plant_code(ckpt / config, marker)
+    with pytest.raises(VortexError, match=r"names the architecture 'os:system'.*--trust-code os:system"):
+        from_pretrained(ckpt, part=part)
+    assert not marker.exists()
+
+
+def test_loaders_below_the_download_check_refuse_code_too(checkpoint, tmp_path):
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "ran"
+    shutil.copytree(checkpoint, ckpt)
+    for config in ("config.json", "edge/config.json"):
+        plant_code(ckpt / config, marker)
+    message = r"names code to import \('os:system'\).*--trust-code os:system"
+    with pytest.raises(VortexError, match=message):
+        load_checkpoint(ckpt)
+    with pytest.raises(VortexError, match=message):
+        load_half(ckpt, "edge")
+    with pytest.raises(VortexError, match=message):  # `vortex probe/attack --model DIR`
+        load_model(str(ckpt), num_classes=10, data_channels=1, data_size=8)
+    assert not marker.exists()
+
+
+def test_code_named_by_the_user_is_built(tmp_path, monkeypatch):
+    (tmp_path / "usernet.py").write_text("from torch import nn\n\ndef build(num_classes):\n"
+                                         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ModelSpec("usernet:build", 10, 1, 8)
+    with pytest.raises(VortexError, match="never imports code named by a file"):
+        build_model(spec)
+    assert "usernet" not in sys.modules
+    assert build_model(spec, trust_code=["usernet:build"])(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    # a --model given by the user is trusted as it is
+    loaded = load_model("usernet:build", num_classes=10, data_channels=1, data_size=8)
+    assert loaded.spec.architecture == "usernet:build"
+
+
+class Planted:
+    """A pickle that creates a marker file when it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(TINY)
+    assert train(["--recipe", str(recipe), "--output_dir", str(root / "out"), "--checkpointing_steps", "1"]) == 0
+    return recipe, root / "out"
+
+
+def test_state_is_json_and_planted_pickles_never_load(run, tmp_path):
+    recipe, out = run
+    state = out / "state" / "step_2"
+    saved = json.loads((state / RUN_STATE).read_text())
+    assert saved["step"] == 2 and len(saved["fingerprint"]) == 16
+    assert not list(state.glob("custom_checkpoint_*"))
+    resumed, marker = tmp_path / "resumed", tmp_path / "ran"
+    shutil.copytree(state, resumed / "state" / "step_2")
+    # Accelerate's own files load with weights_only=True: a planted RNG state is skipped, never run
+    (resumed / "state" / "step_2" / "random_states_0.pkl").write_bytes(pickle.dumps(Planted(marker)))
+    assert train(["--recipe", str(recipe), "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"]) == 0
+    assert not marker.exists()
+    # what register_for_checkpointing would unpickle with weights_only=False is refused outright
+    (resumed / "state" / "step_2" / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Planted(marker)))
+    with pytest.raises(VortexError, match=r"holds custom_checkpoint_0.pkl: pickled state that vortex never writes"):
+        train(["--recipe", str(recipe), "--output_dir", str(resumed), "--resume_from_checkpoint",
+               str(resumed / "state" / "step_2")])
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_state_of_other_settings(run, tmp_path, capsys):
+    recipe, out = run
+    other = tmp_path / "other"
+    shutil.copytree(out / "state" / "step_2", other / "state" / "step_2")
+    with pytest.raises(VortexError, match="saved by a run with other settings"):
+        train(["--recipe", str(recipe), "--output_dir", str(other), "--resume_from_checkpoint", "latest",
+               "--lr", "0.5"])
+    assert not (other / "model.safetensors").exists()
+
+
+def test_latest_skips_a_half_written_state(run, tmp_path):
+    recipe, out = run
+    target = tmp_path / "partial"
+    shutil.copytree(out / "state" / "step_2", target / "state" / "step_2")
+    shutil.copytree(out / "state" / "step_3", target / "state" / "step_3")
+    (target / "state" / "step_3" / RUN_STATE).unlink()  # as a kill inside an old-style save would leave it
+    shutil.copytree(out / "state" / "step_3", target / "state" / ".step_4.partial")
+    assert train(["--recipe", str(recipe), "--output_dir", str(target), "--resume_from_checkpoint", "latest"]) == 0
+    log = json.loads((target / "vortex.json").read_text())
+    assert log["test_accuracy"] == json.loads((out / "vortex.json").read_text())["test_accuracy"]
+
+
+def test_resuming_a_finished_run_keeps_its_numbers(run, tmp_path, capsys):
+    recipe, out = run
+    done = tmp_path / "done"
+    shutil.copytree(out, done)
+    before = (done / "vortex.json").read_bytes()
+    last = max(int(p.name.split("_")[1]) for p in (done / "state").glob("step_*"))
+    assert train(["--recipe", str(recipe), "--output_dir", str(done), "--resume_from_checkpoint", "latest"]) == 0
+    assert "holds this run, finished" in capsys.readouterr().out
+    assert (done / "vortex.json").read_bytes() == before and last == 4
