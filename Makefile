@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test demo bench reproduce clean
+.PHONY: install lint test demo bench reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m vortex.demo --out $(DEMO_DIR)
+	$(PY) -m vortex.cli.demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/performance.py

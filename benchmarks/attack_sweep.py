@@ -22,23 +22,26 @@ from pathlib import Path
 import datasets
 import yaml
 
-from vortex.attacks.sweep import AttackConfig, attack_report, attack_splits, unseen_train_rows
-from vortex.checkpoint import is_checkpoint, read_meta
+from vortex.attacks.base import AttackConfig
+from vortex.attacks.sweep import attack_report, attack_splits, unseen_train_rows
+from vortex.core.probe import profile_model
 from vortex.data import load_data, take
 from vortex.distributed import process_state
 from vortex.files import write_json
-from vortex.loading import LoadedModel, load_model
-from vortex.plots import plot_attack
-from vortex.probe import profile_model
-from vortex.report import attack_table
-from vortex.train import main as train
+from vortex.hub.layout import is_checkpoint, read_meta
+from vortex.hub.loading import LoadedModel, load_model
+from vortex.report.plots import plot_attack
+from vortex.report.tables import attack_table
+from vortex.training.loop import main as train
 
 SETTINGS = {  # train images, train epochs, aux images, private images, decoder epochs
     "full": {"cnn": (12000, 3), "resnet18": (5000, 2), "aux": 2000, "private": 500, "epochs": 10},
     "quick": {"cnn": (3000, 2), "resnet18": (1500, 2), "aux": 600, "private": 200, "epochs": 4},
 }
-MODELS = {"cnn": {"model_options": {"width": 32}, "optimizer": {"name": "adamw", "lr": 0.003}},
-          "resnet18": {"optimizer": {"name": "adamw", "lr": 0.001}}}
+MODELS = {
+    "cnn": {"model_options": {"width": 32}, "optimizer": {"name": "adamw", "lr": 0.003}},
+    "resnet18": {"optimizer": {"name": "adamw", "lr": 0.001}},
+}
 
 
 def trained(model: str, out: Path, samples: int, epochs: int) -> Path:
@@ -46,9 +49,17 @@ def trained(model: str, out: Path, samples: int, epochs: int) -> Path:
     ckpt = out / f"{model}_fashion"
     if is_checkpoint(ckpt) and read_meta(ckpt).get("recipe", {}).get("max_train_samples") == samples:
         return ckpt
-    recipe = {"model": model, "dataset": "fashion-mnist", "seed": 0, "epochs": epochs, "batch_size": 64,
-              "max_train_samples": samples, "scheduler": "cosine", "probe": {"max_samples": 1000, "batch_size": 256},
-              **MODELS[model]}
+    recipe = {
+        "model": model,
+        "dataset": "fashion-mnist",
+        "seed": 0,
+        "epochs": epochs,
+        "batch_size": 64,
+        "max_train_samples": samples,
+        "scheduler": "cosine",
+        "probe": {"max_samples": 1000, "batch_size": 256},
+        **MODELS[model],
+    }
     path = out / f"{model}_recipe.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
@@ -87,8 +98,10 @@ def prepare(model: str, ckpt: Path, setting: dict, fashion) -> Target:
 
 def aux_sets(target: Target, fashion, mnist) -> dict[str, tuple[datasets.Dataset, str]]:
     """The attacker's images: Fashion-MNIST train rows the model never saw, and mnist-5k."""
-    return {"fashion-mnist": unseen_train_rows(fashion["train"], read_meta(target.ckpt), "fashion-mnist"),
-            "mnist-5k": (mnist, "train split")}
+    return {
+        "fashion-mnist": unseen_train_rows(fashion["train"], read_meta(target.ckpt), "fashion-mnist"),
+        "mnist-5k": (mnist, "train split"),
+    }
 
 
 def sweep(target: Target, aux_name: str, aux: tuple[datasets.Dataset, str], setting: dict, out: Path) -> dict:
@@ -96,13 +109,30 @@ def sweep(target: Target, aux_name: str, aux: tuple[datasets.Dataset, str], sett
     config = AttackConfig(epochs=setting["epochs"], seed=0)
     split = target.loaded.split
     start = time.perf_counter()
-    attacks = attack_splits(split, target.private, aux[0], [s.index for s in split.splits], config,
-                            aux_samples=setting["aux"], **target.image_kw)
+    attacks = attack_splits(
+        split,
+        target.private,
+        aux[0],
+        [s.index for s in split.splits],
+        config,
+        aux_samples=setting["aux"],
+        **target.image_kw,
+    )
     sweep_s = time.perf_counter() - start
-    result = attack_report(attacks, model=target.model, dataset="fashion-mnist", aux_dataset=aux_name,
-                           attack="decoder", profile=target.profile,
-                           extra={"aux_source": aux[1], "probe_seconds": target.probe_seconds,
-                                  "sweep_seconds": sweep_s, "accuracy": target.profile["accuracy"]})
+    result = attack_report(
+        attacks,
+        model=target.model,
+        dataset="fashion-mnist",
+        aux_dataset=aux_name,
+        attack="decoder",
+        profile=target.profile,
+        extra={
+            "aux_source": aux[1],
+            "probe_seconds": target.probe_seconds,
+            "sweep_seconds": sweep_s,
+            "accuracy": target.profile["accuracy"],
+        },
+    )
     mse = {s["index"]: s["mse"] for s in result["splits"]}
     for key, gpz in (("gpz", result["gpz_predicted"]), ("posthoc", result["gpz_posthoc"])):
         result[f"mse_ratio_{key}_to_split1"] = mse[gpz["index"]] / mse[1] if gpz["index"] else None
@@ -119,8 +149,9 @@ def _ratio(value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller models, data and budgets (a few minutes)")
-    parser.add_argument("--out", default="runs/attack_sweep",
-                        help="checkpoints and results (default: runs/attack_sweep)")
+    parser.add_argument(
+        "--out", default="runs/attack_sweep", help="checkpoints and results (default: runs/attack_sweep)"
+    )
     args = parser.parse_args()
     setting = SETTINGS["quick" if args.quick else "full"]
     out = Path(args.out) / ("quick" if args.quick else "full")
@@ -130,18 +161,24 @@ def main() -> None:
         target = prepare(model, trained(model, out, *setting[model]), setting, fashion)
         for aux_name, aux in aux_sets(target, fashion, mnist).items():
             result = sweep(target, aux_name, aux, setting, out)
-            print(f"\n== {model} on fashion-mnist (accuracy {result['accuracy']:.3f}), aux {aux_name} "
-                  f"({result['aux_source']}, {setting['aux']} images), {setting['private']} private test images")
+            print(
+                f"\n== {model} on fashion-mnist (accuracy {result['accuracy']:.3f}), aux {aux_name} "
+                f"({result['aux_source']}, {setting['aux']} images), {setting['private']} private test images"
+            )
             print(attack_table(result))
             summary.append(result)
-    print(f"\n{'model':<9} {'aux':<14} {'acc':>5} {'GPZ a priori':>12} {'post hoc':>8} {'agree':>5} "
-          f"{'MSE(GPZ)/MSE(1)':>15} {'MSE(post)/MSE(1)':>16} {'sweep s':>8} {'probe s':>8} {'ratio':>6}")
+    print(
+        f"\n{'model':<9} {'aux':<14} {'acc':>5} {'GPZ a priori':>12} {'post hoc':>8} {'agree':>5} "
+        f"{'MSE(GPZ)/MSE(1)':>15} {'MSE(post)/MSE(1)':>16} {'sweep s':>8} {'probe s':>8} {'ratio':>6}"
+    )
     for r in summary:
         gpz, post = r["gpz_predicted"]["index"], r["gpz_posthoc"]["index"]
-        print(f"{r['model']:<9} {r['aux_dataset']:<14} {r['accuracy']:>5.3f} {gpz:>12} {str(post):>8} "
-              f"{str(r['agreement']):>5} {_ratio(r['mse_ratio_gpz_to_split1']):>15} "
-              f"{_ratio(r['mse_ratio_posthoc_to_split1']):>16} {r['sweep_seconds']:>8.1f} {r['probe_seconds']:>8.2f} "
-              f"{r['sweep_seconds'] / r['probe_seconds']:>5.0f}x")
+        print(
+            f"{r['model']:<9} {r['aux_dataset']:<14} {r['accuracy']:>5.3f} {gpz:>12} {str(post):>8} "
+            f"{str(r['agreement']):>5} {_ratio(r['mse_ratio_gpz_to_split1']):>15} "
+            f"{_ratio(r['mse_ratio_posthoc_to_split1']):>16} {r['sweep_seconds']:>8.1f} {r['probe_seconds']:>8.2f} "
+            f"{r['sweep_seconds'] / r['probe_seconds']:>5.0f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from vortex.train import main as train
+from vortex.training.loop import main as train
 
 
 def run(recipe: str, out: Path, target: int | None) -> dict:
@@ -35,8 +35,10 @@ def main() -> None:
         targeted = run(args.recipe, Path(tmp) / "targeted", args.target_gpz)
     history = targeted["controller"]["history"]
     share = targeted["measure_seconds"] / targeted["train_seconds"]
-    print(f"\nrecipe {args.recipe}, target GPZ {args.target_gpz}: reached {targeted['reached_gpz']}, "
-          f"{len(history)} measurements of {targeted['controller']['config']['probe_samples']} probe samples")
+    print(
+        f"\nrecipe {args.recipe}, target GPZ {args.target_gpz}: reached {targeted['reached_gpz']}, "
+        f"{len(history)} measurements of {targeted['controller']['config']['probe_samples']} probe samples"
+    )
     print(f"  training loop without target : {plain['train_seconds']:7.2f} s")
     print(f"  training loop with controller: {targeted['train_seconds']:7.2f} s")
     print(f"  of which measuring           : {targeted['measure_seconds']:7.2f} s")

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from vortex.attacks.sweep import AttackConfig, attack_splits
+from vortex.attacks.base import AttackConfig
+from vortex.attacks.sweep import attack_splits
+from vortex.core.probe import profile_model
 from vortex.data import load_data, take
-from vortex.loading import load_model
-from vortex.probe import profile_model
-from vortex.train import main as train
+from vortex.hub.loading import load_model
+from vortex.training.loop import main as train
 
 HERE = Path(__file__).parent
 
@@ -45,17 +46,26 @@ def a_priori_vs_post_hoc(epochs: int) -> None:
         loaded = load_model(tmp, num_classes=10, data_channels=1, data_size=8)
         kw = dict(image_size=loaded.spec.image_size, channels=loaded.spec.in_channels)
         start = time.perf_counter()
-        profile = profile_model(loaded.split, data["test"], model_name="cnn", dataset_name="digits", progress=False,
-                                **kw)
+        profile = profile_model(
+            loaded.split, data["test"], model_name="cnn", dataset_name="digits", progress=False, **kw
+        )
         prior = time.perf_counter() - start
         start = time.perf_counter()
         aux = take(data["train"], 1000, seed=1)
-        attacks = attack_splits(loaded.split, data["test"], aux, [s.index for s in loaded.split.splits],
-                                AttackConfig(epochs=epochs, progress=False), **kw)
+        attacks = attack_splits(
+            loaded.split,
+            data["test"],
+            aux,
+            [s.index for s in loaded.split.splits],
+            AttackConfig(epochs=epochs, progress=False),
+            **kw,
+        )
         sweep = time.perf_counter() - start
     mse = [round(a.metrics["mse"], 4) for a in attacks]
-    print(f"  a-priori GPZ {profile['gpz']['index']} in {prior:.2f} s; attack sweep over {len(attacks)} splits "
-          f"({epochs} decoder epochs max) in {sweep:.1f} s: {sweep / prior:.0f}x longer; MSE per split {mse}")
+    print(
+        f"  a-priori GPZ {profile['gpz']['index']} in {prior:.2f} s; attack sweep over {len(attacks)} splits "
+        f"({epochs} decoder epochs max) in {sweep:.1f} s: {sweep / prior:.0f}x longer; MSE per split {mse}"
+    )
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import time
 
 import torch
 
+from vortex.core.probe import profile_model
 from vortex.data import data_shape, load_data, make_loader, num_classes, take
-from vortex.loading import load_model
-from vortex.probe import profile_model
+from vortex.hub.loading import load_model
 
 
 def setup(model: str):
@@ -44,8 +44,17 @@ def plain_forward(loaded, ds, n: int, batch_size: int) -> float:
 
 def profile_time(loaded, ds, n: int, batch_size: int) -> float:
     start = time.perf_counter()
-    profile_model(loaded.split, ds, model_name="bench", dataset_name="fashion-mnist", image_size=loaded.spec.image_size,
-                  channels=loaded.spec.in_channels, batch_size=batch_size, max_samples=n, progress=False)
+    profile_model(
+        loaded.split,
+        ds,
+        model_name="bench",
+        dataset_name="fashion-mnist",
+        image_size=loaded.spec.image_size,
+        channels=loaded.spec.in_channels,
+        batch_size=batch_size,
+        max_samples=n,
+        progress=False,
+    )
     return time.perf_counter() - start
 
 
@@ -72,16 +81,31 @@ def main() -> None:
     plain_forward(loaded, ds, args.batch_size * 2, args.batch_size)  # warm-up
     fwd = min(plain_forward(loaded, ds, args.samples, args.batch_size) for _ in range(args.repeats))
     prof = min(profile_time(loaded, ds, args.samples, args.batch_size) for _ in range(args.repeats))
-    print(f"model {args.model}, {loaded.split.num_splits} splits, {args.samples} Fashion-MNIST samples, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}, {loaded.split.num_splits} splits, {args.samples} Fashion-MNIST samples, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} threads"
+    )
     print(f"  plain forward pass : {fwd:7.2f} s")
     print(f"  profile, all splits: {prof:7.2f} s")
     print(f"  ratio              : {prof / fwd:7.3f}   (goal <= 1.25)")
 
     peaks = {}
     for n in (6000, 60000):
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
-                              "--memory-child", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                args.model,
+                "--batch-size",
+                str(args.batch_size),
+                "--memory-child",
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[n] = json.loads(out.stdout.strip().splitlines()[-1])
     print("peak resident memory while profiling (fresh process each):")
     for n, m in peaks.items():

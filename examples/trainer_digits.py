@@ -19,12 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (ConvNextConfig, ConvNextForImageClassification, ResNetConfig, ResNetForImageClassification,
-                          Trainer, TrainingArguments, ViTConfig, ViTForImageClassification)
+from transformers import (
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 from vortex import VortexCallback
 from vortex.data import adapt_images, load_data
-from vortex.report import profile_table
+from vortex.report.tables import profile_table
 
 SIZES = {"vit": 16, "resnet": 32, "convnext": 32}
 
@@ -32,22 +40,44 @@ SIZES = {"vit": 16, "resnet": 32, "convnext": 32}
 def build_model(name: str, num_labels: int) -> torch.nn.Module:
     """A small transformers image classifier for 1-channel inputs, from its config (no download)."""
     if name == "vit":
-        return ViTForImageClassification(ViTConfig(
-            image_size=16, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=4,
-            num_attention_heads=4, intermediate_size=128, num_labels=num_labels))
+        return ViTForImageClassification(
+            ViTConfig(
+                image_size=16,
+                patch_size=4,
+                num_channels=1,
+                hidden_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                intermediate_size=128,
+                num_labels=num_labels,
+            )
+        )
     if name == "resnet":
-        return ResNetForImageClassification(ResNetConfig(
-            num_channels=1, embedding_size=32, hidden_sizes=[32, 64, 128, 128], depths=[1, 1, 1, 1],
-            layer_type="basic", downsample_in_first_stage=False, num_labels=num_labels))
-    return ConvNextForImageClassification(ConvNextConfig(
-        num_channels=1, patch_size=2, hidden_sizes=[32, 64, 128, 128], depths=[1, 1, 1, 1], num_labels=num_labels))
+        return ResNetForImageClassification(
+            ResNetConfig(
+                num_channels=1,
+                embedding_size=32,
+                hidden_sizes=[32, 64, 128, 128],
+                depths=[1, 1, 1, 1],
+                layer_type="basic",
+                downsample_in_first_stage=False,
+                num_labels=num_labels,
+            )
+        )
+    return ConvNextForImageClassification(
+        ConvNextConfig(
+            num_channels=1, patch_size=2, hidden_sizes=[32, 64, 128, 128], depths=[1, 1, 1, 1], num_labels=num_labels
+        )
+    )
 
 
 def collator(size: int):
     """Canonical rows (`pixels` uint8, `label`) -> the Trainer's batch: pixel_values in [0, 1] and labels."""
+
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         pixels = torch.tensor(np.stack([np.asarray(r["pixels"], dtype=np.uint8) for r in rows]))
         return {"pixel_values": adapt_images(pixels, size, 1), "labels": torch.tensor([r["label"] for r in rows])}
+
     return collate
 
 
@@ -63,7 +93,9 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=6)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--every", type=int, default=10, help="profile every N steps (with a target: the controller's interval)")
+    p.add_argument(
+        "--every", type=int, default=10, help="profile every N steps (with a target: the controller's interval)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report_to", default="none", help="tensorboard, wandb, ... (as TrainingArguments)")
     args = p.parse_args()
@@ -76,14 +108,36 @@ def main() -> None:
     model = build_model(args.model, num_labels=10)
 
     training_args = TrainingArguments(
-        output_dir=args.output_dir, num_train_epochs=args.epochs, learning_rate=args.lr,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=256, lr_scheduler_type="cosine",
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, seed=args.seed,
-        remove_unused_columns=False, report_to=args.report_to, disable_tqdm=True)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=test_ds,
-                      data_collator=collator(size), compute_metrics=accuracy)
-    VortexCallback(probe_ds, target_gpz=args.target_gpz, every=args.every, image_size=size,
-                   dataset_name="digits (300 held-out training images)").attach(trainer)
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=256,
+        lr_scheduler_type="cosine",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        logging_steps=10,
+        seed=args.seed,
+        remove_unused_columns=False,
+        report_to=args.report_to,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=test_ds,
+        data_collator=collator(size),
+        compute_metrics=accuracy,
+    )
+    VortexCallback(
+        probe_ds,
+        target_gpz=args.target_gpz,
+        every=args.every,
+        image_size=size,
+        dataset_name="digits (300 held-out training images)",
+    ).attach(trainer)
     trainer.train()
     trainer.save_model(args.output_dir)
 
@@ -93,9 +147,11 @@ def main() -> None:
         print(profile_table(meta["profile"]))
         print(f"test accuracy {test_accuracy:.4f}")
         if args.target_gpz:
-            print(f"target GPZ {meta['target_gpz']}: reached {meta['reached_gpz']} "
-                  f"({'yes' if meta['target_reached'] else 'no'}); "
-                  f"{len(meta['controller']['history'])} measurements, levers {meta['controller']['levers']}")
+            print(
+                f"target GPZ {meta['target_gpz']}: rho transition at {meta['reached_gpz']} "
+                "(protection not verified: the callback runs no attack); "
+                f"{len(meta['controller']['history'])} measurements, levers {meta['controller']['levers']}"
+            )
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import torch
 import torchvision
 from transformers import Trainer, TrainingArguments
 
-from vortex.callback import ClassifierForTrainer, VortexCallback
 from vortex.data import adapt_images, load_data
 from vortex.files import write_json
+from vortex.training.callback import ClassifierForTrainer, VortexCallback
 
 
 def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -29,9 +29,18 @@ def tiny_resnet() -> ClassifierForTrainer:
 if __name__ == "__main__":
     out = sys.argv[1]
     data = load_data("digits")
-    args = TrainingArguments(output_dir=out, max_steps=4, per_device_train_batch_size=16, learning_rate=1e-3,
-                             save_strategy="no", report_to="none", remove_unused_columns=False,
-                             disable_tqdm=True, seed=0, use_cpu=True)
+    args = TrainingArguments(
+        output_dir=out,
+        max_steps=4,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+    )
     trainer = Trainer(model=tiny_resnet(), args=args, train_dataset=data["train"], data_collator=collate)
     VortexCallback(data["test"], target_gpz=3, every=2, image_size=16, channels=3, max_samples=200).attach(trainer)
     trainer.train()

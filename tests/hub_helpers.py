@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from vortex.checkpoint import save_checkpoint
+from vortex.core.probe import profile_model
 from vortex.data import load_data
+from vortex.hub.checkpoint import save_checkpoint
 from vortex.models import ModelSpec, build_model, split_model
-from vortex.probe import profile_model
-from vortex.recipe import load_recipe
+from vortex.training.config import load_recipe
 
 SECRET = "hf_vortex_test_token_0123_never_shown"
 
@@ -44,10 +44,15 @@ def make_checkpoint(out: Path, seed: int = 0) -> Path:
     spec = ModelSpec("cnn", 10, 1, 8, {"width": 8})
     model = build_model(spec)
     sm = split_model(model, spec)
-    profile = profile_model(sm, load_data("digits")["test"], model_name="cnn", dataset_name="digits",
-                            max_samples=200, progress=False)
-    meta = {"recipe": load_recipe(None, label_smoothing=-0.05).to_dict(), "test_accuracy": profile["accuracy"],
-            "profile": profile, "gpz": profile["gpz"]}
+    profile = profile_model(
+        sm, load_data("digits")["test"], model_name="cnn", dataset_name="digits", max_samples=200, progress=False
+    )
+    meta = {
+        "recipe": load_recipe(None, label_smoothing=-0.05).to_dict(),
+        "test_accuracy": profile["accuracy"],
+        "profile": profile,
+        "gpz": profile["gpz"],
+    }
     return save_checkpoint(out, model, spec, [s.name for s in sm.splits], meta=meta)
 
 
@@ -126,8 +131,7 @@ class FakeHub:
             return 200, {}
         if action == "preupload":
             files = json.loads(body)["files"]
-            return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                   for f in files]}
+            return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         header = next(x["value"] for x in lines if x["key"] == "header")
         files = {x["value"]["path"]: base64.b64decode(x["value"]["content"]) for x in lines if x["key"] == "file"}
@@ -137,8 +141,12 @@ class FakeHub:
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=vortex-tests", "-c", "user.email=t@example.org",
-                           *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=vortex-tests", "-c", "user.email=t@example.org", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def git_commit(mirrors: Path, repo_id: str, files: dict[str, bytes], message: str, tag: str | None = None) -> str:
@@ -172,7 +180,7 @@ class Olah:
         config.write_text(f"""[basic]
 host = "127.0.0.1"
 port = {self.port}
-repos-path = "{self.root / 'cache'}"
+repos-path = "{self.root / "cache"}"
 mirror-netloc = "127.0.0.1:{self.port}"
 mirror-lfs-netloc = "127.0.0.1:{self.port}"
 mirrors-path = ["{self.mirrors}"]
@@ -181,9 +189,12 @@ mirrors-path = ["{self.mirrors}"]
 offline = true
 """)
         self.log = open(self.root / "olah.out", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", str(config),
-                                      "--log-path", str(self.root / "logs")], cwd=self.root,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "olah.server", "-c", str(config), "--log-path", str(self.root / "logs")],
+            cwd=self.root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

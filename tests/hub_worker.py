@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import vortex
 from vortex.errors import VortexError
-from vortex.loading import load_model
+from vortex.hub.loading import load_model
 
 
 def run(plan: dict, out: Path) -> None:

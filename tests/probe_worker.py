@@ -4,10 +4,10 @@ import sys
 
 import torch
 
+from vortex.core.probe import profile_model
 from vortex.data import load_data
 from vortex.files import write_json
 from vortex.models import ModelSpec, build_model, split_model
-from vortex.probe import profile_model
 
 
 def seeded_profile(batch_size: int = 64) -> dict:

@@ -14,23 +14,23 @@ from vortex.attacks.optimize import invert_by_optimization, total_variation
 from vortex.attacks.sweep import SplitAttack, attack_report, gpz_agreement, plan_passes, split_aux, unseen_train_rows
 from vortex.data import take
 from vortex.errors import AttackError
-from vortex.plots import plot_attack, plot_reconstructions
-from vortex.report import attack_table
+from vortex.report.plots import plot_attack, plot_reconstructions
+from vortex.report.tables import attack_table
 
 
 def numpy_ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> float:
     """SSIM of two [C, H, W] images in [0, 1], written out: 11-tap Gaussian window, reflect padding."""
     r = int(3.5 * sigma + 0.5)
-    g = np.exp(-((np.arange(2 * r + 1) - r) ** 2) / (2 * sigma ** 2))
+    g = np.exp(-((np.arange(2 * r + 1) - r) ** 2) / (2 * sigma**2))
     window = np.outer(g / g.sum(), g / g.sum())
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     values = []
     for x, y in zip(a, b):
         px, py = np.pad(x, r, mode="reflect"), np.pad(y, r, mode="reflect")
         h, w = x.shape
         for i in range(h):
             for j in range(w):
-                wx, wy = px[i:i + 2 * r + 1, j:j + 2 * r + 1], py[i:i + 2 * r + 1, j:j + 2 * r + 1]
+                wx, wy = px[i : i + 2 * r + 1, j : j + 2 * r + 1], py[i : i + 2 * r + 1, j : j + 2 * r + 1]
                 mx, my = (window * wx).sum(), (window * wy).sum()
                 vx = max((window * wx * wx).sum() - mx * mx, 0)
                 vy = max((window * wy * wy).sum() - my * my, 0)
@@ -59,7 +59,7 @@ def test_metrics_match_a_hand_computation():
 def test_metrics_of_constant_and_exact_images():
     a, b = 0.2, 0.7
     m = image_metrics(torch.full((1, 1, 8, 8), a), torch.full((1, 1, 8, 8), b))
-    c1 = 0.01 ** 2
+    c1 = 0.01**2
     assert float(m["ssim"][0]) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
     assert float(m["mse"][0]) == pytest.approx(0.25) and float(m["psnr"][0]) == pytest.approx(10 * math.log10(4))
     x = torch.rand(2, 1, 8, 8)
@@ -70,17 +70,20 @@ def test_metrics_of_constant_and_exact_images():
         image_metrics(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 7, 8))
 
 
-@pytest.mark.parametrize("z_shape,image_shape,kind", [
-    ((32, 8, 8), (1, 8, 8), "spatial"),
-    ((64, 4, 4), (1, 28, 28), "spatial"),
-    ((512, 4, 4), (3, 32, 32), "spatial"),
-    ((16, 5, 3), (3, 20, 12), "spatial"),
-    ((10,), (1, 8, 8), "flat"),
-    ((512,), (3, 28, 28), "flat"),
-    ((17, 64), (1, 16, 16), "tokens"),   # ViT: CLS + 4x4 patches
-    ((49, 32), (3, 28, 28), "tokens"),   # no CLS, 7x7 patches
-    ((12, 20), (1, 8, 8), "flat"),       # a sequence that is not a patch grid
-])
+@pytest.mark.parametrize(
+    "z_shape,image_shape,kind",
+    [
+        ((32, 8, 8), (1, 8, 8), "spatial"),
+        ((64, 4, 4), (1, 28, 28), "spatial"),
+        ((512, 4, 4), (3, 32, 32), "spatial"),
+        ((16, 5, 3), (3, 20, 12), "spatial"),
+        ((10,), (1, 8, 8), "flat"),
+        ((512,), (3, 28, 28), "flat"),
+        ((17, 64), (1, 16, 16), "tokens"),  # ViT: CLS + 4x4 patches
+        ((49, 32), (3, 28, 28), "tokens"),  # no CLS, 7x7 patches
+        ((12, 20), (1, 8, 8), "flat"),  # a sequence that is not a patch grid
+    ],
+)
 @pytest.mark.parametrize("enhanced", [False, True])
 def test_decoder_returns_the_image_shape(z_shape, image_shape, kind, enhanced):
     torch.manual_seed(0)
@@ -127,7 +130,7 @@ def test_total_variation_by_hand():
 
 def test_features_are_grouped_to_fit_memory():
     dims = {1: 100, 2: 100, 3: 10, 4: 1000}
-    assert plan_passes(dims, 10, budget=10 ** 9) == [[1, 2, 3, 4]]
+    assert plan_passes(dims, 10, budget=10**9) == [[1, 2, 3, 4]]
     assert plan_passes(dims, 10, budget=4 * 10 * 210) == [[1, 2, 3], [4]]
 
 
@@ -143,8 +146,10 @@ def test_aux_rows_leave_out_what_vortex_train_trained_on():
     trained_on = ids(take(ds, 30))  # what vortex/train.py trains on with max_train_samples: 30
     unseen, source = unseen_train_rows(ds, {"recipe": {"dataset": "d", "max_train_samples": 30}}, "d")
     assert len(unseen) == 70 and not ids(unseen) & trained_on and "not trained on" in source
-    assert unseen_train_rows(ds, {"recipe": {"dataset": "d", "max_train_samples": None}}, "d")[1] == \
-        "train split (the model was trained on it too)"
+    assert (
+        unseen_train_rows(ds, {"recipe": {"dataset": "d", "max_train_samples": None}}, "d")[1]
+        == "train split (the model was trained on it too)"
+    )
     assert unseen_train_rows(ds, {}, "d") == (ds, "train split")
 
 
@@ -157,14 +162,15 @@ def test_empty_or_tiny_aux_set_is_refused():
 
 
 def _attack(k: int, mse: float) -> SplitAttack:
-    metrics = {"mse": mse, "psnr": 10 * math.log10(1 / mse), "ssim": 1 - 10 * mse, "cosine": 1 - mse,
-               "num_images": 4}
+    metrics = {"mse": mse, "psnr": 10 * math.log10(1 / mse), "ssim": 1 - 10 * mse, "cosine": 1 - mse, "num_images": 4}
     return SplitAttack(k, f"block{k}", [8, 2, 2], metrics, 0.1, torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), 3, mse)
 
 
 def test_report_plots_and_agreement(tmp_path):
-    profile = {"splits": [{"rho": 0.9 - 0.1 * k} for k in range(6)],
-               "gpz": {"index": 4, "zone": [4], "quantity": "rho"}}
+    profile = {
+        "splits": [{"rho": 0.9 - 0.1 * k} for k in range(6)],
+        "gpz": {"index": 4, "zone": [4], "quantity": "rho"},
+    }
     attacks = [_attack(1, 0.01), _attack(3, 0.012), _attack(5, 0.05)]
     result = attack_report(attacks, model="m", dataset="d", aux_dataset="d", attack="decoder", profile=profile)
     assert result["gpz_posthoc"]["index"] == 5 and result["gpz_posthoc"]["interval"] == [4, 5]
@@ -174,14 +180,102 @@ def test_report_plots_and_agreement(tmp_path):
     table = attack_table(result)
     assert "<- GPZ a priori" not in table and "<- post hoc" in table and "they agree" in table
     from PIL import Image
-    for path in (plot_attack(result, tmp_path / "a.png"),
-                 plot_reconstructions(attacks[0].originals, attacks[0].recons, tmp_path / "g.png", "t")):
+
+    for path in (
+        plot_attack(result, tmp_path / "a.png"),
+        plot_reconstructions(attacks[0].originals, attacks[0].recons, tmp_path / "g.png", "t"),
+    ):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 300
-    falling = attack_report([_attack(1, 0.03), _attack(2, 0.02)], model="m", dataset="d", aux_dataset="d",
-                            attack="decoder", profile=profile)
+    falling = attack_report(
+        [_attack(1, 0.03), _attack(2, 0.02)], model="m", dataset="d", aux_dataset="d", attack="decoder", profile=profile
+    )
     assert falling["gpz_posthoc"]["index"] is None and falling["agreement"] is None
     assert "never rises" in attack_table(falling)
     single = attack_report(attacks[:1], model="m", dataset="d", aux_dataset=None, attack="optimize", profile=None)
     assert single["gpz_posthoc"]["index"] is None and single["agreement"] is None
     assert "2 or more splits" in attack_table(single)
+
+
+@pytest.fixture(scope="module")
+def digit_features():
+    """z at split 2 of a seeded (untrained) width-8 cnn for 700 aux and 200 private digits, with labels."""
+    from vortex.attacks.sweep import extract_features
+    from vortex.data import load_data
+    from vortex.models import ModelSpec, build_model, split_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", 10, 1, 8, {"width": 8})
+    sm = split_model(build_model(spec).eval(), spec)
+    data = load_data("digits")
+    aux, private = take(data["train"], 700, seed=0), take(data["test"], 200, seed=0)
+    cpu = torch.device("cpu")
+    x_a, z_a = extract_features(sm, aux, [2], image_size=8, channels=1, device=cpu, progress=False)
+    x_p, z_p = extract_features(sm, private, [2], image_size=8, channels=1, device=cpu, progress=False)
+    return x_a, z_a[2], torch.tensor(aux["label"]), x_p, z_p[2], torch.tensor(private["label"])
+
+
+def test_inflated_class_means_do_not_fool_the_decoder_attack(digit_features):
+    """A model that multiplies its class means by 100 and leaves the within-class residual as it
+    is removes no information; a decoder on raw z is fooled by it, vortex's attack is not."""
+    from vortex.attacks.base import AttackConfig, AuxPairs
+    from vortex.attacks.decoder import DecoderAttack
+
+    x_a, z_a, y_a, x_p, z_p, y_p = digit_features
+    means = torch.stack([z_a[y_a == c].mean(0) for c in range(10)])
+    config = AttackConfig(epochs=15, patience=4, progress=False, clusters=10)
+    mse = {}
+    for scale in (1, 100):
+        za, zp = z_a + (scale - 1) * means[y_a], z_p + (scale - 1) * means[y_p]
+        attack = DecoderAttack(config, (1, 8, 8), seed=2)
+        attack.fit(None, AuxPairs(za[:600], x_a[:600], za[600:], x_a[600:]))
+        torch.manual_seed(2)
+        raw = fit_decoder(
+            build_decoder(za.shape[1:], (1, 8, 8)),
+            za[:600],
+            x_a[:600],
+            za[600:],
+            x_a[600:],
+            epochs=15,
+            patience=4,
+            seed=2,
+            progress=False,
+        ).decoder
+        with torch.no_grad():
+            mse[scale] = (float(((attack.invert(zp) - x_p) ** 2).mean()), float(((raw(zp) - x_p) ** 2).mean()))
+    assert mse[100][1] > 2 * mse[1][1]  # the trick works on a decoder that reads z as it comes
+    assert mse[100][0] <= 1.25 * mse[1][0]  # and not on vortex's decoder attack
+    assert mse[1][0] < 0.02  # split 2 of this cnn is invertible: a real attack, not a blur
+
+
+def test_standardize_undoes_any_per_dimension_scale():
+    from vortex.attacks.prepare import Standardize
+
+    z = torch.randn(300, 4, 3, 3) * 2 + 1
+    scale, shift = torch.rand(4, 3, 3) * 50 + 0.01, torch.randn(4, 3, 3) * 100
+    a, b = Standardize.fit(z), Standardize.fit(z * scale + shift)
+    torch.testing.assert_close(b(z * scale + shift), a(z), rtol=1e-4, atol=1e-4)
+    expected = (z.double() - z.double().mean(0)) / z.double().std(0)
+    torch.testing.assert_close(a(z).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attacks_are_found_by_name_or_by_the_class_the_user_names(tmp_path, monkeypatch):
+    from vortex.attacks.base import Attack
+    from vortex.attacks.sweep import get_attack
+
+    assert {get_attack(n).name for n in ("decoder", "enhanced", "optimize")} == {"decoder", "enhanced", "optimize"}
+    assert get_attack("optimize").needs_aux is False and get_attack("decoder").needs_aux is True
+    (tmp_path / "myattack.py").write_text(
+        "import torch\nfrom vortex.attacks.base import Attack\n\n"
+        "class Gray(Attack):\n    name = 'gray'\n    needs_aux = False\n\n"
+        "    def fit(self, edge, aux):\n        pass\n\n"
+        "    def invert(self, z):\n        return torch.full((len(z), *self.image_shape), 0.5)\n\n"
+        "class NotAnAttack:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gray = get_attack("myattack:Gray")
+    assert issubclass(gray, Attack) and gray.name == "gray"
+    with pytest.raises(AttackError, match="is not a subclass of vortex.attacks.base.Attack"):
+        get_attack("myattack:NotAnAttack")
+    with pytest.raises(AttackError, match="unknown attack 'nope': choose one of decoder, enhanced, optimize"):
+        get_attack("nope")

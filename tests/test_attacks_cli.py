@@ -3,18 +3,18 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vortex.attacks.sweep import AttackConfig, attack_splits, unseen_train_rows
-from vortex.checkpoint import read_meta
-from vortex.cli import main as vortex
+from vortex.attacks.base import AttackConfig
+from vortex.attacks.sweep import attack_splits, unseen_train_rows
+from vortex.cli.main import main as vortex
 from vortex.data import load_data
-from vortex.loading import load_model
-from vortex.train import main as train
+from vortex.hub.layout import read_meta
+from vortex.hub.loading import load_model
+from vortex.training.loop import main as train
 
 RECIPE = """
 model: cnn
@@ -32,7 +32,7 @@ FAST = ["--aux-samples", "400", "--max-samples", "120", "--epochs", "6"]
 CONTRACT_TOP = {"model", "dataset", "aux_dataset", "attack", "splits", "gpz_predicted", "gpz_posthoc", "agreement"}
 CONTRACT_SPLIT = {"index", "name", "mse", "psnr", "ssim", "cosine", "num_images"}
 
-TUPLE_MODEL = '''
+TUPLE_MODEL = """
 from torch import nn
 
 class Pair(nn.Module):
@@ -48,7 +48,7 @@ class Net(nn.Module):
     def forward(self, x):
         a, b = self.stage["pair"](x.flatten(1))
         return self.fc(a + b)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,12 @@ def test_decoder_attack_at_split_1_is_recognisable(checkpoint, digits):
 
 def test_attack_all_splits_writes_contract_files(checkpoint, tmp_path, capsys):
     out = tmp_path / "atk"
-    assert vortex(["attack", "--model", str(checkpoint), "--dataset", "digits", "--splits", "all",
-                   "--out", str(out), *FAST]) == 0
+    assert (
+        vortex(
+            ["attack", "--model", str(checkpoint), "--dataset", "digits", "--splits", "all", "--out", str(out), *FAST]
+        )
+        == 0
+    )
     result = json.loads((out / "attack.json").read_text())
     assert CONTRACT_TOP <= set(result) and result["attack"] == "decoder" and result["aux_dataset"] == "digits"
     splits = result["splits"]
@@ -109,15 +113,56 @@ def test_attack_all_splits_writes_contract_files(checkpoint, tmp_path, capsys):
 
 def test_optimize_and_enhanced_attacks(checkpoint, tmp_path):
     out = tmp_path / "opt"
-    assert vortex(["attack", "--model", str(checkpoint), "--dataset", "digits", "--attack", "optimize",
-                   "--splits", "1,logits", "--steps", "150", "--max-samples", "32", "--out", str(out)]) == 0
+    assert (
+        vortex(
+            [
+                "attack",
+                "--model",
+                str(checkpoint),
+                "--dataset",
+                "digits",
+                "--attack",
+                "optimize",
+                "--splits",
+                "1,logits",
+                "--steps",
+                "150",
+                "--max-samples",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "attack.json").read_text())
     assert result["aux_dataset"] is None and [s["index"] for s in result["splits"]] == [1, 8]
     assert result["splits"][0]["mse"] < 0.02 < result["splits"][1]["mse"]
     out = tmp_path / "enh"
-    assert vortex(["attack", "--model", str(checkpoint), "--dataset", "digits", "--attack", "enhanced",
-                   "--splits", "gpz", "--out", str(out), "--aux-samples", "200", "--max-samples", "64",
-                   "--epochs", "2"]) == 0
+    assert (
+        vortex(
+            [
+                "attack",
+                "--model",
+                str(checkpoint),
+                "--dataset",
+                "digits",
+                "--attack",
+                "enhanced",
+                "--splits",
+                "gpz",
+                "--out",
+                str(out),
+                "--aux-samples",
+                "200",
+                "--max-samples",
+                "64",
+                "--epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "attack.json").read_text())
     zone = result["gpz_predicted"]["zone"]
     assert [s["index"] for s in result["splits"]] == list(range(max(1, min(zone) - 1), min(8, max(zone) + 1) + 1))
@@ -131,23 +176,61 @@ def test_aux_images_of_another_size_and_channels_are_adapted(checkpoint, tmp_pat
             pixels = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "rgb" / label / f"{i}.png")
     out = tmp_path / "o"
-    assert vortex(["attack", "--model", str(checkpoint), "--dataset", "digits", "--aux-dataset", str(tmp_path / "rgb"),
-                   "--splits", "1,2", "--out", str(out), "--max-samples", "32", "--epochs", "1"]) == 0
+    assert (
+        vortex(
+            [
+                "attack",
+                "--model",
+                str(checkpoint),
+                "--dataset",
+                "digits",
+                "--aux-dataset",
+                str(tmp_path / "rgb"),
+                "--splits",
+                "1,2",
+                "--out",
+                str(out),
+                "--max-samples",
+                "32",
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "auxiliary images 3x12x12 are adapted to the model's input 1x8x8" in capsys.readouterr().out
     result = json.loads((out / "attack.json").read_text())
     assert result["aux_dataset"] == str(tmp_path / "rgb") and len(result["splits"]) == 2
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--splits", "9"], "split 9 does not exist: valid splits are 1..8"),
-    (["--splits", "block1,nope"], "split 'nope' does not exist"),
-    (["--aux-samples", "5"], "the auxiliary set has 5 images"),
-    (["--attack", "optimize", "--steps", "0"], "--steps must be at least 1"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--splits", "9"], "split 9 does not exist: valid splits are 1..8"),
+        (["--splits", "block1,nope"], "split 'nope' does not exist"),
+        (["--aux-samples", "5"], "the auxiliary set has 5 images"),
+        (["--attack", "optimize", "--steps", "0"], "--steps must be at least 1"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, args, message):
-    assert vortex(["attack", "--model", str(checkpoint), "--dataset", "digits", "--out", str(tmp_path),
-                   "--max-samples", "16", *args]) == 2
+    assert (
+        vortex(
+            [
+                "attack",
+                "--model",
+                str(checkpoint),
+                "--dataset",
+                "digits",
+                "--out",
+                str(tmp_path),
+                "--max-samples",
+                "16",
+                *args,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -155,8 +238,21 @@ def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, args, message
 def test_a_split_whose_z_is_not_a_tensor_is_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / "tuplenet.py").write_text(TUPLE_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
-    base = ["attack", "--model", "tuplenet:Net", "--dataset", "digits", "--out", str(tmp_path / "o"),
-            "--max-samples", "16", "--epochs", "1", "--aux-samples", "64"]
+    base = [
+        "attack",
+        "--model",
+        "tuplenet:Net",
+        "--dataset",
+        "digits",
+        "--out",
+        str(tmp_path / "o"),
+        "--max-samples",
+        "16",
+        "--epochs",
+        "1",
+        "--aux-samples",
+        "64",
+    ]
     assert vortex([*base, "--splits", "stage.pair"]) == 2
     assert "split 2 (stage.pair) outputs a tuple, not one tensor" in capsys.readouterr().err
     assert vortex([*base, "--splits", "1,3"]) == 0  # the other splits can still be attacked
@@ -165,14 +261,38 @@ def test_a_split_whose_z_is_not_a_tensor_is_refused(tmp_path, monkeypatch, capsy
     assert result["gpz_predicted"]["index"] is None and result["agreement"] is None
 
 
-def test_two_processes_split_the_work_and_give_the_single_process_numbers(checkpoint, tmp_path):
-    args = ["attack", "--model", str(checkpoint), "--dataset", "digits", "--splits", "1,8", "--epochs", "2",
-            "--aux-samples", "64", "--max-samples", "32"]
+def test_two_processes_split_the_work_and_give_the_single_process_numbers(checkpoint, tmp_path, torchrun):
+    args = [
+        "attack",
+        "--model",
+        str(checkpoint),
+        "--dataset",
+        "digits",
+        "--splits",
+        "1,8",
+        "--epochs",
+        "2",
+        "--aux-samples",
+        "64",
+        "--max-samples",
+        "32",
+    ]
     assert vortex([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
-                    "-m", "vortex", *args, "--out", str(tmp_path / "two")], check=True, env=env, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [
+            *torchrun,
+            "-m",
+            "vortex",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
+    )
     one, two = (json.loads((tmp_path / d / "attack.json").read_text()) for d in ("one", "two"))
     assert (one["processes"], two["processes"]) == (1, 2)
     for a, b in zip(one["splits"], two["splits"], strict=True):

@@ -11,20 +11,28 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import (ConvNextConfig, ConvNextForImageClassification, ResNetConfig, ResNetForImageClassification,
-                          Trainer, TrainingArguments, ViTConfig, ViTForImageClassification)
+from transformers import (
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
-from vortex.callback import VortexCallback
+from vortex.core.hooks import HookSplitModel, default_split_points
+from vortex.core.probe import build_profile, collect_stats
 from vortex.data import adapt_images, load_data
 from vortex.errors import VortexError
-from vortex.hooks import HookSplitModel, default_split_points
-from vortex.labels import soft_target_loss
-from vortex.levers import Levers, batch_rho
-from vortex.probe import build_profile, collect_stats
+from vortex.training.callback import VortexCallback
+from vortex.training.levers import Levers, batch_rho
+from vortex.training.loss import soft_target_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from callback_worker import collate, tiny_resnet  # noqa: E402
-from test_stats import numpy_reference  # noqa: E402
+from reference import numpy_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +42,33 @@ def digits():
 
 def tiny_vit() -> ViTForImageClassification:
     torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32,
-                                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                               num_labels=10))
+    return ViTForImageClassification(
+        ViTConfig(
+            image_size=16,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=10,
+        )
+    )
 
 
 def tiny_hf_resnet() -> ResNetForImageClassification:
     torch.manual_seed(0)
-    return ResNetForImageClassification(ResNetConfig(num_channels=1, embedding_size=16, hidden_sizes=[16, 32, 64, 64],
-                                                     depths=[1, 1, 1, 1], layer_type="basic",
-                                                     downsample_in_first_stage=False, num_labels=10))
+    return ResNetForImageClassification(
+        ResNetConfig(
+            num_channels=1,
+            embedding_size=16,
+            hidden_sizes=[16, 32, 64, 64],
+            depths=[1, 1, 1, 1],
+            layer_type="basic",
+            downsample_in_first_stage=False,
+            num_labels=10,
+        )
+    )
 
 
 def gray(rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -52,17 +77,33 @@ def gray(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def trainer_for(model, out: Path, train_ds, eval_ds=None, **kwargs) -> Trainer:
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=32, learning_rate=2e-3,
-                             remove_unused_columns=False, disable_tqdm=True, seed=0, use_cpu=True,
-                             **{"report_to": "none", **kwargs})
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=32,
+        learning_rate=2e-3,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+        **{"report_to": "none", **kwargs},
+    )
     return Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=gray)
 
 
 def test_vit_logs_the_profile_a_direct_probe_computes(digits, tmp_path, monkeypatch):
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     probe = digits["test"]
-    trainer = trainer_for(tiny_vit(), tmp_path, digits["train"], probe.select(range(64)), max_steps=4,
-                          eval_strategy="steps", eval_steps=2, save_steps=4, report_to=["tensorboard"])
+    trainer = trainer_for(
+        tiny_vit(),
+        tmp_path,
+        digits["train"],
+        probe.select(range(64)),
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_steps=4,
+        report_to=["tensorboard"],
+    )
     cb = VortexCallback(probe).attach(trainer)  # 16x16, 1 channel: from the model's config
     trainer.train()
 
@@ -71,8 +112,15 @@ def test_vit_logs_the_profile_a_direct_probe_computes(digits, tmp_path, monkeypa
     model = trainer.model
     sm = HookSplitModel(model, torch.zeros(1, 1, 16, 16))
     stats, acc = collect_stats(sm, probe, num_classes=10, image_size=16, channels=1, progress=False)
-    direct = build_profile(sm, stats, model_name="vit", dataset_name="digits", labels="true", accuracy=acc,
-                           example=torch.zeros(1, 1, 16, 16))
+    direct = build_profile(
+        sm,
+        stats,
+        model_name="vit",
+        dataset_name="digits",
+        labels="true",
+        accuracy=acc,
+        example=torch.zeros(1, 1, 16, 16),
+    )
     names = [s["name"] for s in direct["splits"]]
     assert names == ["vit.embeddings", "vit.layers.0", "vit.layernorm", "classifier"]
     last = logged[-1]
@@ -117,12 +165,14 @@ def test_levers_enter_the_training_loss(digits, tmp_path):
     model.train()
     out = model(x, output_hidden_states=True)
     before, at = out.hidden_states[1], out.hidden_states[2]  # outputs of stages 0 and 1
-    expected = (soft_target_loss(out.logits, y) + 2.0 * batch_rho(at, y, 10)
-                + 3.0 * torch.relu(0.9 - batch_rho(before, y, 10)))
+    expected = (
+        soft_target_loss(out.logits, y) + 2.0 * batch_rho(at, y, 10) + 3.0 * torch.relu(0.9 - batch_rho(before, y, 10))
+    )
     assert cb.compute_loss(out, y).item() == pytest.approx(expected.item(), rel=1e-5)
     out = model(x)
-    assert cb.compute_loss(out, y, num_items_in_batch=torch.tensor(128)).item() == pytest.approx(expected.item() / 2,
-                                                                                       rel=1e-5)
+    assert cb.compute_loss(out, y, num_items_in_batch=torch.tensor(128)).item() == pytest.approx(
+        expected.item() / 2, rel=1e-5
+    )
     with torch.no_grad():  # evaluation: no lever
         out = model(x)
     assert cb.compute_loss(out, y).item() == pytest.approx(soft_target_loss(out.logits, y).item(), rel=1e-5)
@@ -137,7 +187,7 @@ def test_resnet_target_saves_gpz_and_controller_history(digits, tmp_path):
     history = meta["controller"]["history"]
     assert [h["step"] for h in history] == [3, 6, 8]  # every 3 steps, and the last step
     assert meta["target_gpz"] == 3 and meta["reached_gpz"] == meta["profile"]["gpz"]["index"] == history[-1]["gpz"]
-    assert meta["target_reached"] == (meta["reached_gpz"] == 3)
+    assert meta["target_reached"] is None  # rho alone: never reported as reached without an attack
     assert json.loads((tmp_path / "checkpoint-4" / "vortex.json").read_text())["controller"]["history"] == history[:1]
     final = json.loads((tmp_path / "vortex.json").read_text())
     assert final["controller"]["history"] == history and (tmp_path / "vortex.png").is_file()
@@ -157,8 +207,9 @@ def test_probe_accepts_pixel_values_datasets(digits):
     model = tiny_vit().eval()
     canonical = digits["test"].select(range(100))
     rows = [gray([r]) for r in canonical]
-    pixel_values = datasets.Dataset.from_dict({"pixel_values": [r["pixel_values"][0].numpy() for r in rows],
-                                               "labels": [int(r["labels"][0]) for r in rows]})
+    pixel_values = datasets.Dataset.from_dict(
+        {"pixel_values": [r["pixel_values"][0].numpy() for r in rows], "labels": [int(r["labels"][0]) for r in rows]}
+    )
     on_the_fly = canonical.with_transform(lambda b: gray([dict(zip(b, v)) for v in zip(*b.values())]))
     reference = VortexCallback(canonical).profile(model)
     for ds in (pixel_values, on_the_fly):
@@ -171,23 +222,44 @@ def test_probe_accepts_pixel_values_datasets(digits):
 
 def test_default_split_points_follow_the_blocks():
     torch.manual_seed(0)
-    convnext = ConvNextForImageClassification(ConvNextConfig(num_channels=1, patch_size=2, hidden_sizes=[8, 16, 16, 16],
-                                                             depths=[1, 1, 1, 1], num_labels=10))
+    convnext = ConvNextForImageClassification(
+        ConvNextConfig(num_channels=1, patch_size=2, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], num_labels=10)
+    )
     x1, x3 = torch.rand(2, 1, 16, 16), torch.rand(2, 3, 16, 16)
     assert default_split_points(convnext, x1) == [
-        "convnext.embeddings", "convnext.encoder.stages.0", "convnext.encoder.stages.1",
-        "convnext.encoder.stages.2", "convnext.layernorm", "classifier"]
+        "convnext.embeddings",
+        "convnext.encoder.stages.0",
+        "convnext.encoder.stages.1",
+        "convnext.encoder.stages.2",
+        "convnext.layernorm",
+        "classifier",
+    ]
     assert default_split_points(tiny_hf_resnet(), x1) == [
-        "resnet.embedder", "resnet.encoder.stages.0", "resnet.encoder.stages.1", "resnet.encoder.stages.2",
-        "resnet.pooler", "classifier"]
+        "resnet.embedder",
+        "resnet.encoder.stages.0",
+        "resnet.encoder.stages.1",
+        "resnet.encoder.stages.2",
+        "resnet.pooler",
+        "classifier",
+    ]
     wrapped = tiny_resnet()
     assert default_split_points(wrapped, x3) == [
-        "net.maxpool", "net.layer1", "net.layer2", "net.layer3", "net.avgpool", "net.fc"]
+        "net.maxpool",
+        "net.layer1",
+        "net.layer2",
+        "net.layer3",
+        "net.avgpool",
+        "net.fc",
+    ]
     sm = HookSplitModel(wrapped, x3, ["net.layer2", "net.fc"])
     assert [d["edge_params"] for d in sm.describe(x3)] == [
-        sum(p.numel() for m in (wrapped.net.conv1, wrapped.net.bn1, wrapped.net.layer1, wrapped.net.layer2)
-            for p in m.parameters()),
-        sum(p.numel() for p in wrapped.parameters())]
+        sum(
+            p.numel()
+            for m in (wrapped.net.conv1, wrapped.net.bn1, wrapped.net.layer1, wrapped.net.layer2)
+            for p in m.parameters()
+        ),
+        sum(p.numel() for p in wrapped.parameters()),
+    ]
     with pytest.raises(VortexError, match="execution order"):
         HookSplitModel(wrapped, x3, ["net.fc", "net.layer2"])
     with pytest.raises(VortexError, match="not modules"):
@@ -207,10 +279,13 @@ def test_bad_set_ups_are_refused_before_training(digits, tmp_path):
         unattached.train()
 
 
-def test_two_processes_measure_what_one_process_measures(tmp_path):
+def test_two_processes_measure_what_one_process_measures(tmp_path, torchrun):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(Path(__file__).parent / "callback_worker.py"), str(tmp_path)]
+    cmd = [
+        *torchrun,
+        str(Path(__file__).parent / "callback_worker.py"),
+        str(tmp_path),
+    ]
     subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
     model = tiny_resnet()
     from safetensors.torch import load_model
@@ -220,8 +295,9 @@ def test_two_processes_measure_what_one_process_measures(tmp_path):
     single = VortexCallback(data, image_size=16, channels=3, max_samples=200).profile(model)
     multi = json.loads((tmp_path / "vortex.json").read_text())
     assert multi["profile"]["num_samples"] == 200
-    assert [s["rc2"] for s in multi["profile"]["splits"]] == pytest.approx([s["rc2"] for s in single["splits"]],
-                                                                          rel=1e-6)
+    assert [s["rc2"] for s in multi["profile"]["splits"]] == pytest.approx(
+        [s["rc2"] for s in single["splits"]], rel=1e-6
+    )
     assert [h["step"] for h in multi["controller"]["history"]] == [2, 4]
     logged = json.loads((tmp_path / "log_history.json").read_text())
     assert [h["step"] for h in logged if "lever/pull" in h] == [2, 4]

@@ -3,19 +3,35 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 CONTRACT_TOP = {"vortex_version", "model", "dataset", "num_samples", "num_classes", "labels", "splits", "gpz"}
-CONTRACT_SPLIT = {"index", "name", "shape", "dim", "bytes", "edge_params", "rc2", "rc2_per_class", "global_var",
-                  "rho", "h_bound_feature", "h_bound_decision", "h_bound_per_dim", "decisive"}
+CONTRACT_SPLIT = {
+    "index",
+    "name",
+    "shape",
+    "dim",
+    "bytes",
+    "edge_params",
+    "rc2",
+    "rc2_per_class",
+    "global_var",
+    "rho",
+    "h_bound_feature",
+    "h_bound_decision",
+    "h_bound_per_dim",
+    "decisive",
+}
 
 
 def vortex(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "vortex", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vortex", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -41,8 +57,16 @@ def test_probe_writes_contract_profile_and_plot(tmp_path):
 
 def test_help_explains_every_option():
     out = vortex("probe", "--help").stdout
-    for option in ("--model", "--dataset", "--out", "--split-points", "--labels", "--max-samples", "--gpz-quantity",
-                   "--sketch-dim"):
+    for option in (
+        "--model",
+        "--dataset",
+        "--out",
+        "--split-points",
+        "--labels",
+        "--max-samples",
+        "--gpz-quantity",
+        "--sketch-dim",
+    ):
         assert option in out
     top = vortex("--help").stdout
     assert "probe" in top and "train" in top
@@ -51,13 +75,16 @@ def test_help_explains_every_option():
         assert option in train
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--split-points", "block1,nope"], "split point 'nope' does not exist"),
-    (["--dataset", "no/such/thing/here"], "data set"),
-    (["--model", "alexnet"], "unknown model 'alexnet'"),
-    (["--model", "mypkg.nowhere:build"], "cannot load model 'mypkg.nowhere:build'"),
-    (["--sketch-dim", "0"], "--sketch-dim must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--split-points", "block1,nope"], "split point 'nope' does not exist"),
+        (["--dataset", "no/such/thing/here"], "data set"),
+        (["--model", "alexnet"], "unknown model 'alexnet'"),
+        (["--model", "mypkg.nowhere:build"], "cannot load model 'mypkg.nowhere:build'"),
+        (["--sketch-dim", "0"], "--sketch-dim must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     base = {"--model": "cnn", "--dataset": "digits", "--out": str(tmp_path)}
     for flag, value in zip(args[::2], args[1::2]):
@@ -67,13 +94,13 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in proc.stderr and message in proc.stderr
 
 
-CUSTOM = '''
+CUSTOM = """
 from torch import nn
 
 def build(num_classes, in_channels, image_size):
     return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
                          nn.Linear(4 * image_size * image_size, num_classes))
-'''
+"""
 
 
 @pytest.mark.parametrize("flags,shape", [([], [4 * 8 * 8]), (["--image-size", "12", "--channels", "3"], [4 * 12 * 12])])
@@ -91,9 +118,19 @@ def test_checkpoint_on_data_with_other_classes_is_refused(tmp_path):
         for i in range(3):
             (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
             Image.new("L", (8, 8), 40 * i).save(tmp_path / "imgs" / label / f"{i}.png")
-    vortex("train", "--recipe", "recipes/cnn_digits.yaml", "--output_dir", tmp_path / "ckpt", "--epochs", "1",
-           "--max_train_samples", "64")
-    proc = vortex("probe", "--model", tmp_path / "ckpt", "--dataset", tmp_path / "imgs", "--out", tmp_path / "o",
-                  check=False)
+    vortex(
+        "train",
+        "--recipe",
+        str(Path(__file__).resolve().parents[1] / "recipes" / "cnn_digits.yaml"),
+        "--output_dir",
+        tmp_path / "ckpt",
+        "--epochs",
+        "1",
+        "--max_train_samples",
+        "64",
+    )
+    proc = vortex(
+        "probe", "--model", tmp_path / "ckpt", "--dataset", tmp_path / "imgs", "--out", tmp_path / "o", check=False
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "has 10 outputs but the data set has 2 classes" in proc.stderr

@@ -8,8 +8,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from vortex import data
-from vortex.data import (adapt_images, class_names, data_shape, load_data, make_loader,
-                         num_classes, take)
+from vortex.data import adapt_images, class_names, data_shape, load_data, make_loader, num_classes, take
 from vortex.errors import DataError
 
 
@@ -52,9 +51,11 @@ def test_split_is_deterministic_and_stratified(digits):
     assert len(load_data("digits", test_fraction=0.5)["test"]) in (898, 899)
 
 
-@pytest.mark.skipif(not (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="optional data: Debian package dataset-fashion-mnist is not installed "
-                           "(apt-get install dataset-fashion-mnist; .ci/run installs it)")
+@pytest.mark.skipif(
+    not (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="optional data: Debian package dataset-fashion-mnist is not installed "
+    "(apt-get install dataset-fashion-mnist; .ci/run installs it)",
+)
 def test_fashion_mnist():
     dd = load_data("fashion-mnist")
     assert (len(dd["train"]), len(dd["test"])) == (60000, 10000)
@@ -88,8 +89,10 @@ def test_rgb_folder_resized_to_first_image(tmp_path):
     assert np.allclose(red[rows["label"] == 0], 200) and np.allclose(red[rows["label"] == 1], 10)
     x, y = next(iter(make_loader(dd["train"], 8, channels=1)))  # over Arrow files on disk
     assert x.shape == (8, 1, 4, 6)
-    assert torch.allclose(x[:, 0, 0, 0], torch.where(y == 0, 0.299 * 200 + 0.587 * 10 + 0.114 * 10,
-                                                     0.299 * 10 + 0.587 * 10 + 0.114 * 200) / 255)
+    assert torch.allclose(
+        x[:, 0, 0, 0],
+        torch.where(y == 0, 0.299 * 200 + 0.587 * 10 + 0.114 * 10, 0.299 * 10 + 0.587 * 10 + 0.114 * 200) / 255,
+    )
 
 
 def test_gray_folder_and_requested_size(tmp_path):
@@ -137,15 +140,14 @@ def test_parquet_with_image_column_round_trips(tmp_path):
     arrays = rng.integers(0, 256, (12, 5, 6, 3), dtype=np.uint8)
     source = datasets.Dataset.from_dict(
         {"img": [Image.fromarray(a) for a in arrays], "labels": ["b", "a", "c"] * 4},
-        features=datasets.Features(img=datasets.Image(), labels=datasets.Value("string")))
+        features=datasets.Features(img=datasets.Image(), labels=datasets.Value("string")),
+    )
     path = tmp_path / "images.parquet"
     source.to_parquet(path)
     dd = load_data(str(path), test_fraction=0.25)
     assert class_names(dd["train"]) == ["a", "b", "c"] and data_shape(dd["test"]) == (3, 5, 6)
-    stored = {bytes(p): y for split in dd.values() for p, y in zip(
-        _pixels(split), split["label"])}
-    expected = {bytes(a.transpose(2, 0, 1)): "abc".index(y)
-                for a, y in zip(arrays, source["labels"])}
+    stored = {bytes(p): y for split in dd.values() for p, y in zip(_pixels(split), split["label"])}
+    expected = {bytes(a.transpose(2, 0, 1)): "abc".index(y) for a, y in zip(arrays, source["labels"])}
     assert stored == expected
 
 

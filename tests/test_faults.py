@@ -8,14 +8,13 @@ import sys
 import pytest
 import torch
 
-from hub_helpers import make_checkpoint
-from vortex.checkpoint import load_checkpoint, load_half
 from vortex.errors import VortexError
-from vortex.hub import from_pretrained
-from vortex.loading import load_model
+from vortex.hub.checkpoint import load_checkpoint, load_half
+from vortex.hub.loading import load_model
+from vortex.hub.repo import from_pretrained
 from vortex.models import ModelSpec, build_model
-from vortex.train import RUN_STATE
-from vortex.train import main as train
+from vortex.training.loop import RUN_STATE
+from vortex.training.loop import main as train
 
 TINY = """
 model: cnn
@@ -37,25 +36,20 @@ def plant_code(config_path, marker):
     config_path.write_text(json.dumps(config))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("faults") / "ckpt")
-
-
 @pytest.mark.parametrize("config", ["config.json", "edge/config.json", "cloud/config.json"])
 @pytest.mark.parametrize("part", ["edge", "cloud", "full"])
-def test_a_local_config_naming_code_never_runs_it(checkpoint, tmp_path, config, part):
+def test_a_local_config_naming_code_never_runs_it(tiny_checkpoint, tmp_path, config, part):
     ckpt, marker = tmp_path / "ckpt", tmp_path / "ran"
-    shutil.copytree(checkpoint, ckpt)
+    shutil.copytree(tiny_checkpoint, ckpt)
     plant_code(ckpt / config, marker)
     with pytest.raises(VortexError, match=r"names the architecture 'os:system'.*--trust-code os:system"):
         from_pretrained(ckpt, part=part)
     assert not marker.exists()
 
 
-def test_loaders_below_the_download_check_refuse_code_too(checkpoint, tmp_path):
+def test_loaders_below_the_download_check_refuse_code_too(tiny_checkpoint, tmp_path):
     ckpt, marker = tmp_path / "ckpt", tmp_path / "ran"
-    shutil.copytree(checkpoint, ckpt)
+    shutil.copytree(tiny_checkpoint, ckpt)
     for config in ("config.json", "edge/config.json"):
         plant_code(ckpt / config, marker)
     message = r"names code to import \('os:system'\).*--trust-code os:system"
@@ -69,8 +63,10 @@ def test_loaders_below_the_download_check_refuse_code_too(checkpoint, tmp_path):
 
 
 def test_code_named_by_the_user_is_built(tmp_path, monkeypatch):
-    (tmp_path / "usernet.py").write_text("from torch import nn\n\ndef build(num_classes):\n"
-                                         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    (tmp_path / "usernet.py").write_text(
+        "from torch import nn\n\ndef build(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = ModelSpec("usernet:build", 10, 1, 8)
     with pytest.raises(VortexError, match="never imports code named by a file"):
@@ -116,8 +112,16 @@ def test_state_is_json_and_planted_pickles_never_load(run, tmp_path):
     # what register_for_checkpointing would unpickle with weights_only=False is refused outright
     (resumed / "state" / "step_2" / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Planted(marker)))
     with pytest.raises(VortexError, match=r"holds custom_checkpoint_0.pkl: pickled state that vortex never writes"):
-        train(["--recipe", str(recipe), "--output_dir", str(resumed), "--resume_from_checkpoint",
-               str(resumed / "state" / "step_2")])
+        train(
+            [
+                "--recipe",
+                str(recipe),
+                "--output_dir",
+                str(resumed),
+                "--resume_from_checkpoint",
+                str(resumed / "state" / "step_2"),
+            ]
+        )
     assert not marker.exists()
 
 
@@ -126,8 +130,9 @@ def test_resume_refuses_a_state_of_other_settings(run, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(out / "state" / "step_2", other / "state" / "step_2")
     with pytest.raises(VortexError, match="saved by a run with other settings"):
-        train(["--recipe", str(recipe), "--output_dir", str(other), "--resume_from_checkpoint", "latest",
-               "--lr", "0.5"])
+        train(
+            ["--recipe", str(recipe), "--output_dir", str(other), "--resume_from_checkpoint", "latest", "--lr", "0.5"]
+        )
     assert not (other / "model.safetensors").exists()
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vortex.core.gpz import locate_gpz, locate_posthoc, relative_drops
 from vortex.errors import ProfileError, VortexError
-from vortex.gpz import locate_gpz, locate_posthoc, relative_drops
-from vortex.labels import soft_target_loss, soft_targets
+from vortex.training.loss import soft_target_loss, soft_targets
 
 
 def test_relative_drops_by_hand():

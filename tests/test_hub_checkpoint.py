@@ -5,27 +5,45 @@ import shutil
 
 import pytest
 import torch
+from hub_helpers import make_checkpoint
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
-from hub_helpers import make_checkpoint
 from vortex import __version__
-from vortex.cards import write_card
-from vortex.checkpoint import load_checkpoint, load_half, read_meta, save_checkpoint
 from vortex.errors import VortexError
 from vortex.files import write_json
-from vortex.hub import from_pretrained
+from vortex.hub.cards import write_card
+from vortex.hub.checkpoint import load_checkpoint, load_half, save_checkpoint
+from vortex.hub.layout import read_meta
+from vortex.hub.repo import from_pretrained
 from vortex.models import split_model
 
 
 def attack_summary(profile: dict) -> dict:
     """An attack.json per the CONTRACT: error grows with depth, jumps at the GPZ."""
     gpz = profile["gpz"]["index"]
-    splits = [{"index": s["index"], "name": s["name"], "mse": 0.01 * s["index"] + (0.05 if s["index"] >= gpz else 0),
-               "psnr": 30.0 - 2 * s["index"], "ssim": 0.9 - 0.1 * s["index"], "cosine": 0.5, "num_images": 64}
-              for s in profile["splits"]]
-    return {"model": "cnn", "dataset": "digits", "aux_dataset": "mnist-5k", "attack": "decoder", "splits": splits,
-            "gpz_predicted": {"index": gpz}, "gpz_posthoc": {"index": gpz}, "agreement": True}
+    splits = [
+        {
+            "index": s["index"],
+            "name": s["name"],
+            "mse": 0.01 * s["index"] + (0.05 if s["index"] >= gpz else 0),
+            "psnr": 30.0 - 2 * s["index"],
+            "ssim": 0.9 - 0.1 * s["index"],
+            "cosine": 0.5,
+            "num_images": 64,
+        }
+        for s in profile["splits"]
+    ]
+    return {
+        "model": "cnn",
+        "dataset": "digits",
+        "aux_dataset": "mnist-5k",
+        "attack": "decoder",
+        "splits": splits,
+        "gpz_predicted": {"index": gpz},
+        "gpz_posthoc": {"index": gpz},
+        "agreement": True,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +62,12 @@ def test_halves_are_cut_at_the_gpz_and_hold_only_their_tensors(ckpt):
         assert f.metadata() == {"vortex_version": __version__, "gpz": str(k)}
     for part, module in (("edge", sm.edge(k)), ("cloud", sm.cloud(k))):
         with safe_open(str(ckpt / part / "model.safetensors"), framework="pt") as f:
-            assert f.metadata() == {"vortex_version": __version__, "part": part, "split": str(k),
-                                    "split_name": names[k - 1]}
+            assert f.metadata() == {
+                "vortex_version": __version__,
+                "part": part,
+                "split": str(k),
+                "split_name": names[k - 1],
+            }
             assert set(f.keys()) == set(module.state_dict())
     edge, cloud = load_half(ckpt, "edge"), load_half(ckpt, "cloud")
     x = torch.rand(5, 1, 8, 8)
@@ -81,11 +103,14 @@ def drop_edge_weights(d):
     (d / "edge/model.safetensors").unlink()
 
 
-@pytest.mark.parametrize("tamper,message", [
-    (claim_other_z_shape, r"but the checkpoint records \[3, 3\]"),
-    (swap_in_cloud_weights, "holds the cloud half of split .*, but its config describes the edge half"),
-    (drop_edge_weights, "has no edge/ half"),
-])
+@pytest.mark.parametrize(
+    "tamper,message",
+    [
+        (claim_other_z_shape, r"but the checkpoint records \[3, 3\]"),
+        (swap_in_cloud_weights, "holds the cloud half of split .*, but its config describes the edge half"),
+        (drop_edge_weights, "has no edge/ half"),
+    ],
+)
 def test_a_half_that_does_not_match_its_split_is_refused(ckpt, tmp_path, tamper, message):
     shutil.copytree(ckpt, tmp_path / "c")
     tamper(tmp_path / "c")
@@ -112,12 +137,13 @@ def test_card_shows_attack_metrics_per_split_and_parses_back(ckpt, tmp_path, sou
             assert f"at split {s['index']} ({s['name']})" in r.metric_name
     assert results[("accuracy", None)].metric_value == pytest.approx(read_meta(ckpt)["test_accuracy"])
     text = card.text
-    assert ("| split | name | z shape | payload (bytes) | edge params | rho | R_c^2 | attack MSE | PSNR (dB) | "
-            "SSIM |") in text
+    assert (
+        "| split | name | z shape | payload (bytes) | edge params | rho | R_c^2 | attack MSE | PSNR (dB) | SSIM |"
+    ) in text
     gpz = attack["gpz_predicted"]["index"]
     row = next(line for line in text.splitlines() if line.startswith(f"| {gpz} | "))
     assert "GPZ" in row and f"{attack['splits'][gpz - 1]['mse']:.4g}" in row
-    assert f"**GPZ: split {gpz}**" in text and "they agree" in text and "![profile.png](profile.png)" in text
+    assert f"**Predicted GPZ: split {gpz}**" in text and "they agree" in text and "![profile.png](profile.png)" in text
     assert 'vortex.from_pretrained("ORG/NAME", part="edge")' in text
     assert "negative smoothing" in text and "No inversion attack was run" not in text
 
@@ -130,3 +156,27 @@ def test_card_without_attack_reports_rho_per_split(ckpt):
     assert "attack MSE" not in card.text and "No inversion attack was run" in card.text
     for split in profile["splits"]:
         assert f"| {split['index']} | `{split['name']}` | " in card.text
+
+
+@pytest.mark.parametrize("mse,words", [(0.0081, "still leaks"), (0.031, "resists inversion")])
+def test_card_states_the_privacy_verdict_not_the_indicator(ckpt, tmp_path, mse, words):
+    model, spec, names = load_checkpoint(ckpt)
+    meta = read_meta(ckpt)
+    gpz = meta["profile"]["gpz"]["index"]
+    privacy = {
+        "target": gpz,
+        "rho_gpz": gpz,
+        "criterion": {"min_mse": 0.02, "attack": "decoder"},
+        "splits": [{"index": gpz - 1, "name": "a", "mse": 0.004}, {"index": gpz, "name": "b", "mse": mse}],
+        "protected": mse >= 0.02,
+        "reached": mse >= 0.02,
+    }
+    meta.update(target_gpz=gpz, reached_gpz=gpz, target_reached=mse >= 0.02, privacy=privacy)
+    save_checkpoint(tmp_path, model, spec, names, meta=meta)
+    text = (tmp_path / "README.md").read_text()
+    assert "Verified by attack: decoder attack" in text and f"split {gpz} MSE {mse:.4f}" in text
+    assert f"split {gpz}\n{words}" in text
+    assert ("**target reached**" in text) is (mse >= 0.02) and ("**target missed**" in text) is (mse < 0.02)
+    bare = tmp_path / "bare"  # no attack of any kind: the card says protection is not verified
+    save_checkpoint(bare, model, spec, names, meta={k: v for k, v in read_meta(ckpt).items() if k != "attack"})
+    assert "Protection is not verified" in (bare / "README.md").read_text()

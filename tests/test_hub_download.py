@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_helpers import SECRET, FakeHub, Olah, git_commit, make_checkpoint, tree_bytes
 from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
-from hub_helpers import SECRET, FakeHub, Olah, git_commit, make_checkpoint, tree_bytes
-from vortex.checkpoint import load_checkpoint, read_meta
-from vortex.hub import from_pretrained, publish
+from vortex.hub.checkpoint import load_checkpoint
+from vortex.hub.layout import read_meta
+from vortex.hub.repo import from_pretrained, publish
 from vortex.models import split_model
 
 WORKER = Path(__file__).with_name("hub_worker.py")
@@ -36,15 +37,22 @@ def hub(tmp_path_factory):
             publish(ckpt, REPO, token=SECRET)
             git_commit(olah.mirrors, REPO, fake.commits[-1].files, f"publish {ckpt.name}", tag=tag)
     published = fake.commits[-1].files
-    git_commit(olah.mirrors, "org/plain", {"config.json": b'{"model_type": "bert"}', "README.md": b"# a model\n"},
-               "not vortex")
+    git_commit(
+        olah.mirrors, "org/plain", {"config.json": b'{"model_type": "bert"}', "README.md": b"# a model\n"}, "not vortex"
+    )
     git_commit(olah.mirrors, "org/pickled", {**published, "pytorch_model.bin": b"\x80\x04K\x01."}, "with a pickle")
-    git_commit(olah.mirrors, "org/nohalves", {k: v for k, v in published.items() if not k.startswith(("edge/",
-                                                                                                        "cloud/"))},
-               "without halves")
+    git_commit(
+        olah.mirrors,
+        "org/nohalves",
+        {k: v for k, v in published.items() if not k.startswith(("edge/", "cloud/"))},
+        "without halves",
+    )
     for name, config in (("org/rce-top", "config.json"), ("org/rce-edge", "edge/config.json")):
-        planted = {**json.loads(published[config]), "architecture": "os:system",
-                   "options": {"command": f"touch {root / 'ran'}"}}
+        planted = {
+            **json.loads(published[config]),
+            "architecture": "os:system",
+            "options": {"command": f"touch {root / 'ran'}"},
+        }
         git_commit(olah.mirrors, name, {**published, config: json.dumps(planted).encode()}, "names code")
     olah.start()
     yield {"root": root, "olah": olah, "v1": v1, "v2": v2}
@@ -72,16 +80,25 @@ def run_worker(hub, name: str, steps: list[dict], **env) -> tuple[dict, dict]:
     (out / "plan.json").write_text(json.dumps({"inputs": str(out / "inputs.safetensors"), "steps": steps}))
     environ = {**os.environ, "HF_ENDPOINT": hub["olah"].url, **env}
     environ.pop("HF_TOKEN", None)
-    proc = subprocess.run([sys.executable, str(WORKER), str(out / "plan.json"), str(out)], env=environ,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(out / "plan.json"), str(out)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads((out / "results.json").read_text()), load_file(out / "outputs.safetensors")
 
 
 def cache_files(cache: Path) -> list[str]:
     """Files of every snapshot in a huggingface_hub cache, as repo paths."""
-    return sorted(p.relative_to(snap).as_posix() for snap in cache.glob("models--*/snapshots/*")
-                  for p in snap.rglob("*") if p.is_file())
+    return sorted(
+        p.relative_to(snap).as_posix()
+        for snap in cache.glob("models--*/snapshots/*")
+        for p in snap.rglob("*")
+        if p.is_file()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +118,11 @@ def online(hub):
         {"name": "no_split", "repo_or_dir": REPO, "part": "edge", "split": 99, "cache_dir": c["full"]},
         {"name": "no_repo", "repo_or_dir": "org/missing", "part": "edge"},
         {"name": "no_revision", "repo_or_dir": REPO, "part": "edge", "revision": "v9"},
-        *({"name": f"rce_{where}_{part}", "repo_or_dir": f"org/rce-{where}", "part": part}
-          for where in ("top", "edge") for part in ("edge", "full")),
+        *(
+            {"name": f"rce_{where}_{part}", "repo_or_dir": f"org/rce-{where}", "part": part}
+            for where in ("top", "edge")
+            for part in ("edge", "full")
+        ),
         {"name": "rce_probe_model", "call": "load_model", "repo": "org/rce-top"},
     ]
     results, outputs = run_worker(hub, "online", steps, HF_HUB_CACHE=str(hub["root"] / "default_cache"))
@@ -142,14 +162,17 @@ def test_revision_selects_the_tagged_checkpoint(hub, online):
     torch.testing.assert_close(outputs["v1_edge"], v1["edge"])
 
 
-@pytest.mark.parametrize("step,message", [
-    ("not_vortex", "Hub repo 'org/plain' is not a vortex checkpoint"),
-    ("pickled", "holds pickle files (pytorch_model.bin); vortex loads safetensors only"),
-    ("no_half", "Hub repo 'org/nohalves' has no edge/ half"),
-    ("no_split", "split 99 does not exist: valid splits are 1..8"),
-    ("no_repo", "Hub repo 'org/missing' not found at http://127.0.0.1:"),
-    ("no_revision", "Hub repo 'org/name' (revision v9) not found"),  # olah's answer; the Hub's is handled too
-])
+@pytest.mark.parametrize(
+    "step,message",
+    [
+        ("not_vortex", "Hub repo 'org/plain' is not a vortex checkpoint"),
+        ("pickled", "holds pickle files (pytorch_model.bin); vortex loads safetensors only"),
+        ("no_half", "Hub repo 'org/nohalves' has no edge/ half"),
+        ("no_split", "split 99 does not exist: valid splits are 1..8"),
+        ("no_repo", "Hub repo 'org/missing' not found at http://127.0.0.1:"),
+        ("no_revision", "Hub repo 'org/name' (revision v9) not found"),  # olah's answer; the Hub's is handled too
+    ],
+)
 def test_unusable_repos_get_clear_errors(online, step, message):
     results, _, _ = online
     assert "error" in results[step], results[step]
@@ -163,8 +186,13 @@ def test_a_repo_naming_code_is_refused_and_the_code_never_runs(hub, online):
         assert "names the architecture 'os:system'" in results[name]["message"]
     out = hub["root"] / "rce_pulled"
     env = {**os.environ, "HF_ENDPOINT": hub["olah"].url, "HF_HUB_CACHE": str(hub["root"] / "rce_cache")}
-    proc = subprocess.run([sys.executable, "-m", "vortex", "pull", "org/rce-edge", "--part", "edge", "--out",
-                           str(out)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vortex", "pull", "org/rce-edge", "--part", "edge", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "edge/config.json names the architecture 'os:system'" in proc.stderr
     assert not (hub["root"] / "ran").exists()
@@ -187,19 +215,32 @@ def test_offline_mode_loads_from_the_cache(hub, online):
 def test_pull_cli_downloads_the_edge_half_only(hub):
     out = hub["root"] / "pulled"
     env = {**os.environ, "HF_ENDPOINT": hub["olah"].url, "HF_HUB_CACHE": str(hub["root"] / "pull_cache")}
-    proc = subprocess.run([sys.executable, "-m", "vortex", "pull", REPO, "--part", "edge", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vortex", "pull", REPO, "--part", "edge", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     k = read_meta(hub["v2"])["halves"]["index"]
     assert f"pulled the edge half of {REPO} (main) into {out}: 3 files" in proc.stdout
     assert f"split {k} (" in proc.stdout and "verified" in proc.stdout
-    assert sorted(tree_bytes(out).keys() - {p for p in tree_bytes(out) if p.startswith(".cache/")}) == \
-        ["config.json", "edge/config.json", "edge/model.safetensors"]
+    assert sorted(tree_bytes(out).keys() - {p for p in tree_bytes(out) if p.startswith(".cache/")}) == [
+        "config.json",
+        "edge/config.json",
+        "edge/model.safetensors",
+    ]
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(from_pretrained(out, part="edge")(x), reference(hub["v2"], x)["edge"])
 
-    bad = subprocess.run([sys.executable, "-m", "vortex", "pull", "org/nohalves", "--part", "cloud", "--out",
-                          str(hub["root"] / "bad")], env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "vortex", "pull", "org/nohalves", "--part", "cloud", "--out", str(hub["root"] / "bad")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert bad.stderr.splitlines()[-1].startswith("vortex: error: Hub repo 'org/nohalves' has no cloud/ half")

@@ -6,16 +6,26 @@ import subprocess
 import sys
 
 import pytest
+from hub_helpers import SECRET, FakeHub, make_checkpoint, tree_bytes
 from huggingface_hub import ModelCard, constants
 
-from hub_helpers import SECRET, FakeHub, make_checkpoint, tree_bytes
-from vortex.cli import main as vortex_main
+from vortex.cli.main import main as vortex_main
 from vortex.errors import HubError
-from vortex.hub import publish
-from vortex.train import main as train
+from vortex.hub.repo import publish
+from vortex.training.loop import main as train
 
-EXPECTED = ["README.md", "cloud/config.json", "cloud/model.safetensors", "config.json", "edge/config.json",
-            "edge/model.safetensors", "model.safetensors", "profile.json", "profile.png", "vortex.json"]
+EXPECTED = [
+    "README.md",
+    "cloud/config.json",
+    "cloud/model.safetensors",
+    "config.json",
+    "edge/config.json",
+    "edge/model.safetensors",
+    "model.safetensors",
+    "profile.json",
+    "profile.png",
+    "vortex.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +53,7 @@ def no_secret_anywhere(*texts: str, files: dict[str, bytes]) -> None:
     assert not any(SECRET.encode() in data for data in files.values())
 
 
-def test_publish_uploads_the_checkpoint_in_one_commit_without_leaking_the_token(checkpoint, fake_hub, capsys,
-                                                                                caplog):
+def test_publish_uploads_the_checkpoint_in_one_commit_without_leaking_the_token(checkpoint, fake_hub, capsys, caplog):
     caplog.set_level(logging.DEBUG)
     before = tree_bytes(checkpoint)
     assert vortex_main(["publish", str(checkpoint), "--repo-id", "org/name"]) == 0
@@ -60,8 +69,11 @@ def test_publish_uploads_the_checkpoint_in_one_commit_without_leaking_the_token(
     assert card.data.model_name == "name" and card.data.eval_results
     assert 'vortex.from_pretrained("org/name", part="edge")' in card.text
     assert [p for m, p in fake_hub.requests if m == "POST"] == [
-        "/api/repos/create", "/api/validate-yaml", "/api/models/org/name/preupload/main",
-        "/api/models/org/name/commit/main"]
+        "/api/repos/create",
+        "/api/validate-yaml",
+        "/api/models/org/name/preupload/main",
+        "/api/models/org/name/commit/main",
+    ]
     assert f"Bearer {SECRET}" in fake_hub.auth  # the token was sent to the Hub, and only there
     no_secret_anywhere(out.out, out.err, caplog.text, files={**commit.files, **tree_bytes(checkpoint)})
     assert tree_bytes(checkpoint) == before
@@ -100,9 +112,26 @@ def test_publish_command_to_a_branch(checkpoint, tmp_path):
     hub = FakeHub()
     try:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET}
-        proc = subprocess.run([sys.executable, "-m", "vortex", "publish", str(checkpoint), "--repo-id", "org/name",
-                               "--revision", "dev", "--private", "--commit-message", "first cut"],
-                              env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vortex",
+                "publish",
+                str(checkpoint),
+                "--repo-id",
+                "org/name",
+                "--revision",
+                "dev",
+                "--private",
+                "--commit-message",
+                "first cut",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         hub.close()
     assert proc.returncode == 0, proc.stderr
@@ -114,11 +143,15 @@ def test_publish_command_to_a_branch(checkpoint, tmp_path):
 
 def test_train_push_to_hub(fake_hub, tmp_path):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text("model: cnn\nmodel_options: {width: 8}\ndataset: digits\nepochs: 1\nbatch_size: 64\n"
-                      "max_train_samples: 128\nprobe: {max_samples: 100, batch_size: 100}\n")
+    recipe.write_text(
+        "model: cnn\nmodel_options: {width: 8}\ndataset: digits\nepochs: 1\nbatch_size: 64\n"
+        "max_train_samples: 128\nprobe: {max_samples: 100, batch_size: 100}\n"
+    )
     out = tmp_path / "run"
-    assert train(["--recipe", str(recipe), "--output_dir", str(out), "--push_to_hub",
-                  "--hub_model_id", "org/trained"]) == 0
+    assert (
+        train(["--recipe", str(recipe), "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "org/trained"])
+        == 0
+    )
     [commit] = fake_hub.commits
     assert commit.repo_id == "org/trained" and sorted(commit.files) == EXPECTED
     assert (out / "state").is_dir()  # kept locally, not published

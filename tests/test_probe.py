@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from vortex.core.probe import profile_model
+from vortex.core.splits import SplitModel
 from vortex.data import load_data
 from vortex.errors import ProfileError
 from vortex.models import ModelSpec, build_model, split_model
-from vortex.probe import profile_model
-from vortex.splits import SplitModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_worker import seeded_profile  # noqa: E402
-from test_stats import numpy_reference  # noqa: E402
+from reference import numpy_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +94,19 @@ def test_collapsed_predictions_are_a_clear_error(digits):
     spec = ModelSpec("cnn", 10, 1, 8)  # untrained: predicts one class for every digit
     sm = split_model(build_model(spec), spec)
     with pytest.raises(ProfileError, match="at least 2 classes with 2 or more samples"):
-        profile_model(sm, digits["test"], model_name="cnn", dataset_name="digits", labels="predicted",
-                      progress=False)
+        profile_model(sm, digits["test"], model_name="cnn", dataset_name="digits", labels="predicted", progress=False)
 
 
-def test_two_processes_give_the_single_process_numbers(tmp_path):
+def test_two_processes_give_the_single_process_numbers(tmp_path, torchrun):
     single = seeded_profile(batch_size=64)
     out = tmp_path / "profile.json"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(Path(__file__).parent / "probe_worker.py"), str(out), "64"]
+    cmd = [
+        *torchrun,
+        str(Path(__file__).parent / "probe_worker.py"),
+        str(out),
+        "64",
+    ]
     subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
     multi = json.loads(out.read_text())
     assert multi["processes"] == 2  # really two processes, each profiling its own shard

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from vortex.core.splits import SplitModel
 from vortex.errors import SplitError, VortexError
 from vortex.models import BUILTINS, ModelSpec, build_model, input_size, split_model
-from vortex.splits import SplitModel
 
 MIN_SPLITS = {"cnn": 6, "resnet18": 8, "vgg16_bn": 8, "vit": 8}
 

@@ -3,27 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from reference import numpy_reference
 
-from vortex.bounds import entropy_bounds, gaussian_entropy
+from vortex.core.bounds import entropy_bounds, gaussian_entropy
+from vortex.core.stats import ClassStats
 from vortex.errors import ProfileError
-from vortex.stats import ClassStats
-
-
-def numpy_reference(z: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    z = z.reshape(len(z), -1).astype(np.float64)
-    per_class = []
-    for c in range(num_classes):
-        zc = z[y == c]
-        per_class.append(np.mean(np.sum((zc - zc.mean(0)) ** 2, axis=1)))
-    global_var = np.mean(np.sum((z - z.mean(0)) ** 2, axis=1))
-    rc2 = float(np.mean(per_class))
-    return {"rc2_per_class": per_class, "rc2": rc2, "global_var": global_var, "rho": rc2 / global_var}
 
 
 def stream(z: np.ndarray, y: np.ndarray, num_classes: int, batch: int) -> ClassStats:
     stats = ClassStats(num_classes, int(np.prod(z.shape[1:])))
     for i in range(0, len(z), batch):
-        stats.update(torch.from_numpy(z[i:i + batch]), torch.from_numpy(y[i:i + batch]))
+        stats.update(torch.from_numpy(z[i : i + batch]), torch.from_numpy(y[i : i + batch]))
     return stats
 
 
@@ -101,7 +91,7 @@ def test_sketched_statistics_are_the_statistics_of_the_sketch():
     z = (rng.normal(size=(300, 500)) + y[:, None] * 0.5).astype(np.float32)
     stats = ClassStats(4, 500, sketch_dim=64)
     for i in range(0, 300, 37):
-        stats.update(torch.from_numpy(z[i:i + 37]), torch.from_numpy(y[i:i + 37]))
+        stats.update(torch.from_numpy(z[i : i + 37]), torch.from_numpy(y[i : i + 37]))
     assert stats.mean.shape == (4, 64)
     sketched = numpy_count_sketch(z.astype(np.float64), stats.sketch.bucket.numpy(), stats.sketch.sign.numpy(), 64)
     ref, got = numpy_reference(sketched, y, 4), stats.summary()

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vortex.checkpoint import load_checkpoint
 from vortex.errors import VortexError
-from vortex.recipe import load_recipe
-from vortex.train import main as train
+from vortex.hub.checkpoint import load_checkpoint
+from vortex.training.config import load_recipe
+from vortex.training.loop import main as train
 
 RECIPE = """
 model: cnn
@@ -39,8 +39,9 @@ def recipe(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, recipe):
     out = tmp_path_factory.mktemp("run") / "ckpt"
-    assert train(["--recipe", str(recipe), "--output_dir", str(out), "--checkpointing_steps", "3",
-                  "--with_tracking"]) == 0
+    assert (
+        train(["--recipe", str(recipe), "--output_dir", str(out), "--checkpointing_steps", "3", "--with_tracking"]) == 0
+    )
     return out
 
 
@@ -60,9 +61,27 @@ def test_checkpoint_layout_and_reload(trained):
 
 
 def test_probe_loads_the_checkpoint(trained, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "vortex", "probe", "--model", str(trained), "--dataset", "digits",
-                           "--out", str(tmp_path), "--max-samples", "200", "--batch-size", "100"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vortex",
+            "probe",
+            "--model",
+            str(trained),
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path),
+            "--max-samples",
+            "200",
+            "--batch-size",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     probed = json.loads((tmp_path / "profile.json").read_text())
     saved = json.loads((trained / "profile.json").read_text())
@@ -73,8 +92,21 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(trained, recipe, tmp_p
     # 256 samples / 64 = 4 steps per epoch: step_3 is inside the first epoch
     resumed = tmp_path / "resumed"
     shutil.copytree(trained / "state" / "step_3", resumed / "state" / "step_3")
-    assert train(["--recipe", str(recipe), "--output_dir", str(resumed), "--resume_from_checkpoint", "latest",
-                  "--checkpointing_steps", "3"]) == 0
+    assert (
+        train(
+            [
+                "--recipe",
+                str(recipe),
+                "--output_dir",
+                str(resumed),
+                "--resume_from_checkpoint",
+                "latest",
+                "--checkpointing_steps",
+                "3",
+            ]
+        )
+        == 0
+    )
     a, b = load_file(trained / "model.safetensors"), load_file(resumed / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -9,11 +9,11 @@ def __getattr__(name: str):
     """`vortex.from_pretrained` and `vortex.VortexCallback` without importing torch, transformers and
     huggingface_hub at `import vortex`."""
     if name == "from_pretrained":
-        from .hub import from_pretrained
+        from vortex.hub.repo import from_pretrained
 
         return from_pretrained
     if name == "VortexCallback":
-        from .callback import VortexCallback
+        from vortex.training.callback import VortexCallback
 
         return VortexCallback
     raise AttributeError(f"module 'vortex' has no attribute '{name}'")

@@ -2,6 +2,6 @@
 
 import sys
 
-from vortex.cli import main
+from vortex.cli.main import main
 
 sys.exit(main())

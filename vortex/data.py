@@ -26,12 +26,24 @@ from vortex.errors import DataError
 
 BUILTINS = ("digits", "fashion-mnist", "mnist-5k")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
-_FORMS = ("a built-in (digits, fashion-mnist, mnist-5k), an image folder with one sub-folder "
-          "per class, a .parquet file, or a Hugging Face Hub dataset id 'owner/name'")
+_FORMS = (
+    "a built-in (digits, fashion-mnist, mnist-5k), an image folder with one sub-folder "
+    "per class, a .parquet file, or a Hugging Face Hub dataset id 'owner/name'"
+)
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _IMAGE_COLUMNS = ("image", "img", "pixels", "pixel_values")
 _LABEL_COLUMNS = ("label", "labels")
@@ -39,8 +51,14 @@ _GRAY_MODES = ("1", "L", "LA")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601
 
 
-def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2,
-              image_size: int | None = None, channels: int | None = None) -> datasets.DatasetDict:
+def load_data(
+    source: str,
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> datasets.DatasetDict:
     """Load `source` (a built-in, image folder, .parquet file or Hub id) with "train"/"test" splits.
 
     Sources without a test split are split stratified by label with `seed`. `image_size` and
@@ -64,12 +82,13 @@ def load_data(source: str, *, seed: int = 0, test_fraction: float = 0.2,
     if "test" in parts:
         return datasets.DatasetDict(train=parts["train"], test=parts["test"])
     try:
-        return parts["train"].train_test_split(test_size=test_fraction, seed=seed,
-                                               stratify_by_column="label")
+        return parts["train"].train_test_split(test_size=test_fraction, seed=seed, stratify_by_column="label")
     except ValueError as e:
-        raise DataError(f"cannot split {source} into train and test with test_fraction="
-                        f"{test_fraction} ({e}): add images to the smallest classes or change "
-                        "test_fraction") from e
+        raise DataError(
+            f"cannot split {source} into train and test with test_fraction="
+            f"{test_fraction} ({e}): add images to the smallest classes or change "
+            "test_fraction"
+        ) from e
 
 
 def data_shape(ds: datasets.Dataset) -> tuple[int, int, int]:
@@ -87,8 +106,7 @@ def class_names(ds: datasets.Dataset) -> list[str]:
     return list(_feature(ds, "label", datasets.ClassLabel).names)
 
 
-def adapt_images(pixels: torch.Tensor, image_size: int | None,
-                 channels: int | None) -> torch.Tensor:
+def adapt_images(pixels: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
     """Turn a [B, C, H, W] batch (uint8, or float in [0, 1]) into float32 in [0, 1].
 
     Converts 1 <-> 3 channels (gray repeated / ITU-R 601 luminance) and resizes bilinearly
@@ -104,18 +122,26 @@ def adapt_images(pixels: torch.Tensor, image_size: int | None,
         elif (have, channels) == (3, 1):
             x = torch.tensordot(x, x.new_tensor(_LUMA), dims=([1], [0])).unsqueeze(1)
         else:
-            raise DataError(f"cannot convert {have}-channel images to {channels} channels: "
-                            "vortex converts only between 1 (gray) and 3 (RGB)")
+            raise DataError(
+                f"cannot convert {have}-channel images to {channels} channels: "
+                "vortex converts only between 1 (gray) and 3 (RGB)"
+            )
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
-                          antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(0, 1)
 
 
-def make_loader(ds: datasets.Dataset, batch_size: int, *, image_size: int | None = None,
-                channels: int | None = None, shuffle: bool = False, seed: int = 0,
-                max_samples: int | None = None,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
+def make_loader(
+    ds: datasets.Dataset,
+    batch_size: int,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    max_samples: int | None = None,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
     """A DataLoader of (x float32 [B, C, H, W] in [0, 1], y int64 [B]) over a canonical dataset.
 
     Streams one Arrow `take` per batch. `max_samples` keeps the first N rows of a seeded
@@ -127,9 +153,13 @@ def make_loader(ds: datasets.Dataset, batch_size: int, *, image_size: int | None
     ds = take(ds, max_samples, seed=seed)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return torch.utils.data.DataLoader(
-        _Batches(ds), batch_size=batch_size, shuffle=shuffle, generator=generator,
+        _Batches(ds),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
         drop_last=drop_last,
-        collate_fn=partial(_adapt_batch, image_size=image_size, channels=channels))
+        collate_fn=partial(_adapt_batch, image_size=image_size, channels=channels),
+    )
 
 
 def take(ds: datasets.Dataset, max_samples: int | None, seed: int = 0) -> datasets.Dataset:
@@ -161,8 +191,9 @@ class _Batches(torch.utils.data.Dataset):
         return pixels, batch.column("label").to_numpy()
 
 
-def _adapt_batch(batch: tuple[np.ndarray, np.ndarray], image_size: int | None,
-                 channels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _adapt_batch(
+    batch: tuple[np.ndarray, np.ndarray], image_size: int | None, channels: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     pixels, labels = batch
     # Arrow hands out read-only arrays: torch.tensor copies them
     return adapt_images(torch.tensor(pixels), image_size, channels), torch.tensor(labels)
@@ -171,8 +202,10 @@ def _adapt_batch(batch: tuple[np.ndarray, np.ndarray], image_size: int | None,
 def _feature(ds: datasets.Dataset, column: str, kind: type) -> Any:
     feature = ds.features.get(column)
     if not isinstance(feature, kind):
-        raise DataError(f"this dataset has no {kind.__name__} column {column!r} (columns: "
-                        f"{list(ds.features)}): load it with vortex.data.load_data")
+        raise DataError(
+            f"this dataset has no {kind.__name__} column {column!r} (columns: "
+            f"{list(ds.features)}): load it with vortex.data.load_data"
+        )
     return feature
 
 
@@ -188,10 +221,11 @@ def _pixels_array(pixels: np.ndarray) -> pa.Array:
 
 def _in_memory(pixels: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> datasets.Dataset:
     features = datasets.Features(
-        pixels=datasets.Array3D(shape=pixels.shape[1:], dtype="uint8"),
-        label=datasets.ClassLabel(names=list(names)))
+        pixels=datasets.Array3D(shape=pixels.shape[1:], dtype="uint8"), label=datasets.ClassLabel(names=list(names))
+    )
     return datasets.Dataset.from_dict(
-        {"pixels": _pixels_array(pixels), "label": labels.astype(np.int64)}, features=features)
+        {"pixels": _pixels_array(pixels), "label": labels.astype(np.int64)}, features=features
+    )
 
 
 def _digits() -> dict[str, datasets.Dataset]:
@@ -216,9 +250,11 @@ def _fashion_mnist() -> dict[str, datasets.Dataset]:
         images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
         labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
         if images.ndim != 3 or labels.shape != images.shape[:1]:
-            raise DataError(f"the fashion-mnist {split} files in {FASHION_MNIST_DIR} do not "
-                            "match: reinstall them with "
-                            "`apt-get install --reinstall dataset-fashion-mnist`")
+            raise DataError(
+                f"the fashion-mnist {split} files in {FASHION_MNIST_DIR} do not "
+                "match: reinstall them with "
+                "`apt-get install --reinstall dataset-fashion-mnist`"
+            )
         parts[split] = _in_memory(images[:, None], labels, FASHION_MNIST_NAMES)
     return parts
 
@@ -226,8 +262,10 @@ def _fashion_mnist() -> dict[str, datasets.Dataset]:
 def _read_idx(path: Path) -> np.ndarray:
     """A uint8 array from a gzipped IDX file (magic 0 0 8 ndim, ndim big-endian sizes, data)."""
     if not path.is_file():
-        raise DataError(f"fashion-mnist is not installed ({path} is missing): install it with "
-                        "`sudo apt-get install dataset-fashion-mnist`")
+        raise DataError(
+            f"fashion-mnist is not installed ({path} is missing): install it with "
+            "`sudo apt-get install dataset-fashion-mnist`"
+        )
     try:
         data = gzip.decompress(path.read_bytes())
         if data[:3] != b"\0\0\x08":
@@ -236,8 +274,9 @@ def _read_idx(path: Path) -> np.ndarray:
         shape = tuple(int(s) for s in np.frombuffer(data, ">u4", count=ndim, offset=4))
         return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
     except (OSError, EOFError, ValueError) as e:
-        raise DataError(f"cannot read {path} ({e}): reinstall it with "
-                        "`apt-get install --reinstall dataset-fashion-mnist`") from e
+        raise DataError(
+            f"cannot read {path} ({e}): reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
+        ) from e
 
 
 def _load_raw(source: str) -> datasets.DatasetDict:
@@ -255,12 +294,12 @@ def _load_raw(source: str) -> datasets.DatasetDict:
     try:
         return datasets.load_dataset(*args, **kwargs)
     except Exception as e:  # datasets raises many kinds (missing files, network, bad format)
-        raise DataError(f"datasets cannot load {source!r} ({type(e).__name__}: {e}); "
-                        f"vortex accepts {_FORMS}") from e
+        raise DataError(f"datasets cannot load {source!r} ({type(e).__name__}: {e}); vortex accepts {_FORMS}") from e
 
 
-def _canonical(raw: datasets.DatasetDict, source: str, image_size: int | None,
-               channels: int | None) -> dict[str, datasets.Dataset]:
+def _canonical(
+    raw: datasets.DatasetDict, source: str, image_size: int | None, channels: int | None
+) -> dict[str, datasets.Dataset]:
     """The "train" (and "test") splits of `raw` as `pixels` + `label`, decoded with PIL."""
     if "train" not in raw:
         raise DataError(f"{source} has splits {list(raw)}; vortex needs a 'train' split")
@@ -283,23 +322,42 @@ def _canonical(raw: datasets.DatasetDict, source: str, image_size: int | None,
         channels = 1 if all(_all_gray(d, image_col, source) for d in parts.values()) else 3
     with _open_image(parts["train"][0][image_col], 0, source) as first:
         width, height = (image_size, image_size) if image_size else first.size
-    target = datasets.Features(pixels=datasets.Array3D((channels, height, width), "uint8"),
-                               label=datasets.ClassLabel(names=names))
-    convert = partial(_convert_batch, image_col=image_col, label_col=label_col, to_id=to_id,
-                      mode="L" if channels == 1 else "RGB", size=(width, height), source=source)
+    target = datasets.Features(
+        pixels=datasets.Array3D((channels, height, width), "uint8"), label=datasets.ClassLabel(names=names)
+    )
+    convert = partial(
+        _convert_batch,
+        image_col=image_col,
+        label_col=label_col,
+        to_id=to_id,
+        mode="L" if channels == 1 else "RGB",
+        size=(width, height),
+        source=source,
+    )
     # small batches keep the int32 Arrow offsets of `_pixels_array` far from overflowing
-    return {k: d.map(convert, batched=True, batch_size=100, writer_batch_size=100,
-                     with_indices=True, features=target, remove_columns=d.column_names,
-                     desc=f"Converting {source} ({k})")
-            for k, d in parts.items()}
+    return {
+        k: d.map(
+            convert,
+            batched=True,
+            batch_size=100,
+            writer_batch_size=100,
+            with_indices=True,
+            features=target,
+            remove_columns=d.column_names,
+            desc=f"Converting {source} ({k})",
+        )
+        for k, d in parts.items()
+    }
 
 
 def _image_column(features: datasets.Features, source: str) -> str:
     images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
     images += [c for c in _IMAGE_COLUMNS if c in features]
     if not images:
-        raise DataError(f"{source} has no image column (columns: {list(features)}): use a "
-                        f"datasets.Image column or one named {', '.join(_IMAGE_COLUMNS)}")
+        raise DataError(
+            f"{source} has no image column (columns: {list(features)}): use a "
+            f"datasets.Image column or one named {', '.join(_IMAGE_COLUMNS)}"
+        )
     return images[0]
 
 
@@ -307,8 +365,10 @@ def _label_column(features: datasets.Features, source: str) -> str:
     labels = [c for c in _LABEL_COLUMNS if c in features]
     labels += [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
     if not labels:
-        raise DataError(f"{source} has no label column (columns: {list(features)}); vortex "
-                        "needs labelled data: add a 'label' column or one sub-folder per class")
+        raise DataError(
+            f"{source} has no label column (columns: {list(features)}); vortex "
+            "needs labelled data: add a 'label' column or one sub-folder per class"
+        )
     return labels[0]
 
 
@@ -337,8 +397,10 @@ def _array_image(array: np.ndarray, row: int, source: str) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise DataError(f"row {row} of {source}: an image array of shape {array.shape} is "
-                        "not (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4")
+        raise DataError(
+            f"row {row} of {source}: an image array of shape {array.shape} is "
+            "not (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4"
+        )
     return Image.fromarray(np.rint(array).clip(0, 255).astype(np.uint8))
 
 
@@ -354,9 +416,17 @@ def _all_gray(ds: datasets.Dataset, image_col: str, source: str) -> bool:
     return True
 
 
-def _convert_batch(batch: dict[str, list], rows: list[int], *, image_col: str, label_col: str,
-                   to_id: dict | None, mode: str, size: tuple[int, int],
-                   source: str) -> pa.Table:
+def _convert_batch(
+    batch: dict[str, list],
+    rows: list[int],
+    *,
+    image_col: str,
+    label_col: str,
+    to_id: dict | None,
+    mode: str,
+    size: tuple[int, int],
+    source: str,
+) -> pa.Table:
     images = []
     for value, row in zip(batch[image_col], rows):
         with _open_image(value, row, source) as opened:
@@ -365,5 +435,4 @@ def _convert_batch(batch: dict[str, list], rows: list[int], *, image_col: str, l
             image = image.resize(size, Image.Resampling.BILINEAR)
         images.append(np.asarray(image).reshape(size[1], size[0], -1).transpose(2, 0, 1))
     labels = batch[label_col] if to_id is None else [to_id[v] for v in batch[label_col]]
-    return pa.table({"pixels": _pixels_array(np.stack(images)),
-                     "label": pa.array(labels, pa.int64())})
+    return pa.table({"pixels": _pixels_array(np.stack(images)), "label": pa.array(labels, pa.int64())})

@@ -34,10 +34,12 @@ def _umask() -> int:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write `obj` as indented JSON, atomically."""
+
     def dump(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, allow_nan=False)
             f.write("\n")
+
     return write_atomic(path, dump)
 
 

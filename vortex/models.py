@@ -5,15 +5,15 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import VortexError
-from .splits import SplitModel
+from vortex.core.splits import SplitModel
+from vortex.errors import VortexError
 
 BUILTINS = ("cnn", "resnet18", "vgg16_bn", "vit")
 
@@ -32,9 +32,14 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        return cls(d["architecture"], int(d["num_classes"]), int(d["in_channels"]),
-                   int(d["image_size"]), dict(d.get("options", {})))
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        return cls(
+            d["architecture"],
+            int(d["num_classes"]),
+            int(d["in_channels"]),
+            int(d["image_size"]),
+            dict(d.get("options", {})),
+        )
 
 
 def _conv_block(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -47,16 +52,20 @@ def _conv_block(cin: int, cout: int, pool: bool) -> nn.Sequential:
 def cnn(num_classes: int, in_channels: int = 1, width: int = 32) -> nn.Sequential:
     """A compact 8-stage CNN: six conv blocks, a hidden linear layer and the logits (8 splits)."""
     w = width
-    return nn.Sequential(OrderedDict([
-        ("block1", _conv_block(in_channels, w, pool=False)),
-        ("block2", _conv_block(w, w, pool=True)),
-        ("block3", _conv_block(w, 2 * w, pool=False)),
-        ("block4", _conv_block(2 * w, 2 * w, pool=True)),
-        ("block5", _conv_block(2 * w, 4 * w, pool=False)),
-        ("block6", nn.Sequential(_conv_block(4 * w, 4 * w, pool=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())),
-        ("fc", nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU())),
-        ("logits", nn.Linear(4 * w, num_classes)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("block1", _conv_block(in_channels, w, pool=False)),
+                ("block2", _conv_block(w, w, pool=True)),
+                ("block3", _conv_block(w, 2 * w, pool=False)),
+                ("block4", _conv_block(2 * w, 2 * w, pool=True)),
+                ("block5", _conv_block(2 * w, 4 * w, pool=False)),
+                ("block6", nn.Sequential(_conv_block(4 * w, 4 * w, pool=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())),
+                ("fc", nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU())),
+                ("logits", nn.Linear(4 * w, num_classes)),
+            ]
+        )
+    )
 
 
 def resnet18(num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -85,8 +94,12 @@ def vgg16_bn(num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Modu
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     hidden = cfg[-2] // 2
     model.classifier = nn.Sequential(
-        nn.Linear(cfg[-2], hidden), nn.ReLU(), nn.Dropout(0.3),
-        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(cfg[-2], hidden),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(0.3),
         nn.Linear(hidden, num_classes),
     )
     return model
@@ -98,16 +111,28 @@ class ViTClassifier(nn.Module):
     It holds the same `vit` and `classifier` modules (same state-dict keys) and returns logits.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, patch_size: int = 4,
-                 hidden_size: int = 64, num_hidden_layers: int = 6, num_attention_heads: int = 4,
-                 intermediate_size: int = 128):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        patch_size: int = 4,
+        hidden_size: int = 64,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 128,
+    ):
         super().__init__()
         from transformers import ViTConfig, ViTForImageClassification
 
         self.config = ViTConfig(
-            image_size=image_size, patch_size=patch_size, num_channels=in_channels,
-            hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+            image_size=image_size,
+            patch_size=patch_size,
+            num_channels=in_channels,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
             num_labels=num_classes,
         )
         hf = ViTForImageClassification(self.config)
@@ -174,13 +199,16 @@ def build_model(spec: ModelSpec, *, trust_code: Sequence[str] = ()) -> nn.Module
         return vit(spec.num_classes, spec.in_channels, spec.image_size, **spec.options)
     if is_entry_point(arch):
         if arch not in trust_code:
-            raise VortexError(f"the model config names code to import ('{arch}'); vortex never imports code named by "
-                              f"a file. If you trust that function, say so: --trust-code {arch} on the command "
-                              f"line, or trust_code=['{arch}'] in Python")
+            raise VortexError(
+                f"the model config names code to import ('{arch}'); vortex never imports code named by "
+                f"a file. If you trust that function, say so: --trust-code {arch} on the command "
+                f"line, or trust_code=['{arch}'] in Python"
+            )
         return _custom_model(arch, spec)
     raise VortexError(
         f"unknown model '{arch}': use a built-in ({', '.join(BUILTINS)}), a directory written by "
-        "vortex, or 'package.module:function' returning an nn.Module")
+        "vortex, or 'package.module:function' returning an nn.Module"
+    )
 
 
 def _custom_model(entry: str, spec: ModelSpec) -> nn.Module:
@@ -188,10 +216,16 @@ def _custom_model(entry: str, spec: ModelSpec) -> nn.Module:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as exc:
-        raise VortexError(f"cannot load model '{entry}': {exc}. Check that '{module_name}' is importable "
-                          f"(on PYTHONPATH) and defines '{func_name}'") from None
-    offered = {"num_classes": spec.num_classes, "in_channels": spec.in_channels,
-               "image_size": spec.image_size, **spec.options}
+        raise VortexError(
+            f"cannot load model '{entry}': {exc}. Check that '{module_name}' is importable "
+            f"(on PYTHONPATH) and defines '{func_name}'"
+        ) from None
+    offered = {
+        "num_classes": spec.num_classes,
+        "in_channels": spec.in_channels,
+        "image_size": spec.image_size,
+        **spec.options,
+    }
     params = inspect.signature(func).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     model = func(**{k: v for k, v in offered.items() if takes_any or k in params})

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import AttackError
-from .enhance import AttentionBlock, FeatureNorm, FFTAmplitude
+from vortex.attacks.base import Attack, AuxPairs, register
+from vortex.attacks.enhance import AttentionBlock, FeatureNorm, FFTAmplitude
+from vortex.attacks.prepare import ClassCentring, Standardize, doubled
+from vortex.errors import AttackError
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,9 @@ class InversionDecoder(nn.Module):
         return torch.sigmoid(self.head(x))
 
 
-def build_decoder(z_shape: Sequence[int], image_shape: Sequence[int], *, width: int = 32,
-                  enhanced: bool = False) -> InversionDecoder:
+def build_decoder(
+    z_shape: Sequence[int], image_shape: Sequence[int], *, width: int = 32, enhanced: bool = False
+) -> InversionDecoder:
     """A decoder from one sample's z shape to the (C, H, W) image shape."""
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise AttackError(f"image shape must be (C, H, W), got {tuple(image_shape)}")
@@ -167,15 +170,27 @@ def _mse(decoder: nn.Module, z: torch.Tensor, x: torch.Tensor, batch_size: int, 
     decoder.eval()
     total = 0.0
     for i in range(0, len(z), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        total += float(F.mse_loss(decoder(z[i:i + batch_size].to(device)), xb, reduction="sum"))
+        xb = x[i : i + batch_size].to(device)
+        total += float(F.mse_loss(decoder(z[i : i + batch_size].to(device)), xb, reduction="sum"))
     return total / x.numel()
 
 
-def fit_decoder(decoder: nn.Module, z_train: torch.Tensor, x_train: torch.Tensor, z_val: torch.Tensor,
-                x_val: torch.Tensor, *, epochs: int, batch_size: int = 64, lr: float = 2e-3, patience: int = 5,
-                seed: int = 0, device: torch.device | str = "cpu", desc: str = "decoder",
-                progress: bool = True) -> FitResult:
+def fit_decoder(
+    decoder: nn.Module,
+    z_train: torch.Tensor,
+    x_train: torch.Tensor,
+    z_val: torch.Tensor,
+    x_val: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    patience: int = 5,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    desc: str = "decoder",
+    progress: bool = True,
+) -> FitResult:
     """Train `decoder` on (z, x) pairs with pixel MSE; keep the weights best on the held-out pairs.
 
     Stops after `patience` epochs without a better held-out MSE. Batches are shuffled by a
@@ -194,7 +209,7 @@ def fit_decoder(decoder: nn.Module, z_train: torch.Tensor, x_train: torch.Tensor
         decoder.train()
         order = torch.randperm(len(z_train), generator=generator)
         for i in range(0, len(order) - 1, batch_size):  # a last batch of one would break BatchNorm
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             loss = F.mse_loss(decoder(z_train[idx].to(device)), x_train[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,8 +223,64 @@ def fit_decoder(decoder: nn.Module, z_train: torch.Tensor, x_train: torch.Tensor
             break
     bar.close()
     if best_state is None:
-        raise AttackError(f"{desc}: decoder training diverged (held-out MSE is not finite); check that z is "
-                          "finite at this split")
+        raise AttackError(
+            f"{desc}: decoder training diverged (held-out MSE is not finite); check that z is finite at this split"
+        )
     decoder.load_state_dict(best_state)
     decoder.eval()
     return FitResult(decoder, epoch, best)
+
+
+@register
+class DecoderAttack(Attack):
+    """Black box (the paper's threat model): query the edge with auxiliary images, standardise
+    their z and add its residual from the nearest class-like cluster (vortex.attacks.prepare),
+    train a decoder z -> x with pixel MSE, stop early on the held-out part."""
+
+    name = "decoder"
+    enhanced = False
+
+    def fit(self, edge: nn.Module, aux: AuxPairs | None) -> None:
+        if aux is None:
+            raise AttackError(f"the {self.name} attack needs auxiliary images")
+        c = self.config
+        torch.manual_seed(self.seed)
+        standardize = Standardize.fit(aux.z_train)
+        prepare: list[nn.Module] = [standardize]
+        z_shape = tuple(aux.z_train.shape[1:])
+        if c.clusters:
+            axis = -1 if z_layout(z_shape).kind == "tokens" else 1
+            prepare.append(ClassCentring.fit(standardize(aux.z_train), c.clusters, axis=axis, seed=self.seed))
+            z_shape = doubled(z_shape, axis)
+        decoder = build_decoder(z_shape, self.image_shape, width=c.width, enhanced=self.enhanced)
+        model = nn.Sequential(*prepare, decoder)
+        fit = fit_decoder(
+            model,
+            aux.z_train,
+            aux.x_train,
+            aux.z_val,
+            aux.x_val,
+            epochs=c.epochs,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            patience=c.patience,
+            seed=self.seed,
+            device=c.device,
+            desc=self.desc,
+            progress=c.progress,
+        )
+        self.decoder, self.epochs_run, self.val_mse = fit.decoder, fit.epochs_run, fit.val_mse
+
+    @torch.no_grad()
+    def invert(self, z: torch.Tensor) -> torch.Tensor:
+        device, batch = self.config.device, 4 * self.config.batch_size
+        return torch.cat([self.decoder(z[i : i + batch].to(device)).cpu() for i in range(0, len(z), batch)])
+
+
+@register
+class EnhancedAttack(DecoderAttack):
+    """The decoder attack strengthened: standardised z plus its FFT amplitude, a deeper decoder
+    with attention blocks."""
+
+    name = "enhanced"
+    enhanced = True

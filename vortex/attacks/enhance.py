@@ -19,8 +19,9 @@ class FeatureNorm(nn.Module):
     def __init__(self, kind: str, channels: int):
         super().__init__()
         self.kind = kind
-        self.norm = nn.BatchNorm2d(channels, affine=False) if kind == "spatial" else nn.BatchNorm1d(
-            channels, affine=False)
+        self.norm = (
+            nn.BatchNorm2d(channels, affine=False) if kind == "spatial" else nn.BatchNorm1d(channels, affine=False)
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.kind == "tokens":

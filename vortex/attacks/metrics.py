@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..errors import AttackError
+from vortex.errors import AttackError
 
 METRICS = ("mse", "psnr", "ssim", "cosine")
 MAX_PSNR = 100.0  # dB reported for an exact reconstruction (true PSNR is infinite; JSON has no inf)
@@ -17,8 +17,10 @@ def image_metrics(recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.
     Both batches are [B, C, H, W] in [0, 1]; each returned tensor has shape [B].
     """
     if recon.shape != target.shape or recon.ndim != 4:
-        raise AttackError(f"reconstructions {tuple(recon.shape)} and images {tuple(target.shape)} must be "
-                          "[B, C, H, W] batches of the same shape")
+        raise AttackError(
+            f"reconstructions {tuple(recon.shape)} and images {tuple(target.shape)} must be "
+            "[B, C, H, W] batches of the same shape"
+        )
     recon, target = recon.detach().double().clamp(0, 1), target.detach().double()
     mse = (recon - target).pow(2).flatten(1).mean(1)
     psnr = peak_signal_noise_ratio(recon, target, data_range=1.0, reduction="none", dim=(1, 2, 3))

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import AttackError
-from ..splits import evaluating
+from vortex.attacks.base import Attack, AuxPairs, register
+from vortex.core.splits import evaluating
+from vortex.errors import AttackError
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -42,10 +43,19 @@ def _frozen(module: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def invert_by_optimization(edge: nn.Module, z: torch.Tensor, image_shape: Sequence[int], *, steps: int = 300,
-                           lr: float = 0.05, tv_weight: float = 0.01, batch_size: int = 256,
-                           device: torch.device | str = "cpu", desc: str = "rMLE",
-                           progress: bool = True) -> torch.Tensor:
+def invert_by_optimization(
+    edge: nn.Module,
+    z: torch.Tensor,
+    image_shape: Sequence[int],
+    *,
+    steps: int = 300,
+    lr: float = 0.05,
+    tv_weight: float = 0.01,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    desc: str = "rMLE",
+    progress: bool = True,
+) -> torch.Tensor:
     """Reconstruct one image per row of `z` (on the CPU, [N, *image_shape]); starts from mid-gray."""
     if steps < 1:
         raise AttackError(f"--steps must be at least 1, got {steps}")
@@ -57,7 +67,7 @@ def invert_by_optimization(edge: nn.Module, z: torch.Tensor, image_shape: Sequen
     bar = tqdm(total=steps * len(batches), desc=desc, unit="step", leave=False, disable=not progress)
     with _frozen(edge):
         for i in batches:
-            target = z[i:i + batch_size].to(device).float()
+            target = z[i : i + batch_size].to(device).float()
             scale = target.flatten(1).pow(2).sum(1).clamp_min(1e-12)
             x = torch.full((len(target), *image_shape), 0.5, device=device, requires_grad=True)
             optimizer = torch.optim.Adam([x], lr=lr)
@@ -76,3 +86,29 @@ def invert_by_optimization(edge: nn.Module, z: torch.Tensor, image_shape: Sequen
             out.append(x.detach().cpu())
     bar.close()
     return torch.cat(out)
+
+
+@register
+class OptimizeAttack(Attack):
+    """White box (He et al. 2019, rMLE): optimise x' in [0, 1] so that edge(x') matches z, with a
+    total-variation prior; needs no auxiliary data."""
+
+    name = "optimize"
+    needs_aux = False
+
+    def fit(self, edge: nn.Module, aux: AuxPairs | None) -> None:
+        self.edge = edge
+
+    def invert(self, z: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return invert_by_optimization(
+            self.edge,
+            z,
+            self.image_shape,
+            steps=c.steps,
+            lr=c.opt_lr,
+            tv_weight=c.tv_weight,
+            device=c.device,
+            desc=self.desc,
+            progress=c.progress,
+        )

@@ -9,64 +9,33 @@ splits and the results are gathered on the main process.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import datasets
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..data import make_loader, take
-from ..errors import AttackError
-from ..gpz import locate_posthoc
-from ..distributed import process_state
-from ..splits import SplitModel, evaluating
-from .decoder import build_decoder, fit_decoder
-from .metrics import image_metrics, summarize
-from .optimize import invert_by_optimization
+from vortex import __version__
+from vortex.attacks.base import REGISTRY, Attack, AttackConfig, AuxPairs
+from vortex.attacks.decoder import DecoderAttack, EnhancedAttack
+from vortex.attacks.metrics import image_metrics, summarize
+from vortex.attacks.optimize import OptimizeAttack
+from vortex.core.gpz import locate_posthoc
+from vortex.core.splits import SplitModel, evaluating
+from vortex.data import make_loader, take
+from vortex.distributed import process_state
+from vortex.errors import AttackError
 
-ATTACKS = ("decoder", "optimize", "enhanced")
+BUILT_IN = (DecoderAttack, EnhancedAttack, OptimizeAttack)  # registered by name on import
 MIN_AUX_IMAGES = 32  # enough to train on and hold out 8 for early stopping
 MIN_VAL_IMAGES = 8
 EVAL_BATCH = 256
-
-
-@dataclass
-class AttackConfig:
-    """What attack to run and its budget; `seed` makes a run repeatable."""
-
-    attack: str = "decoder"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-3
-    patience: int = 5
-    width: int = 32
-    val_fraction: float = 0.1
-    steps: int = 300
-    tv_weight: float = 0.01
-    opt_lr: float = 0.05
-    seed: int = 0
-    grid_images: int = 8
-    feature_memory: int | None = None  # bytes of z kept at once; None: half the free memory
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.attack not in ATTACKS:
-            raise AttackError(f"unknown attack '{self.attack}': choose one of {', '.join(ATTACKS)}")
-        for flag, value in (("--epochs", self.epochs), ("--patience", self.patience), ("--steps", self.steps)):
-            if value < 1:
-                raise AttackError(f"{flag} must be at least 1, got {value}")
-        if self.tv_weight < 0:
-            raise AttackError(f"--tv-weight must be 0 or more, got {self.tv_weight}")
-        if self.batch_size < 2:
-            raise AttackError(f"--batch-size must be at least 2 (decoders use batch norm), got {self.batch_size}")
-        if not 0 < self.val_fraction < 1:
-            raise AttackError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 
 
 @dataclass
@@ -85,8 +54,13 @@ class SplitAttack:
 
     def record(self) -> dict[str, Any]:
         """The attack.json entry for this split."""
-        out = {"index": self.index, "name": self.name, **self.metrics, "shape": self.shape,
-               "seconds": round(self.seconds, 3)}
+        out = {
+            "index": self.index,
+            "name": self.name,
+            **self.metrics,
+            "shape": self.shape,
+            "seconds": round(self.seconds, 3),
+        }
         if self.epochs_run is not None:
             out.update(epochs_run=self.epochs_run, aux_val_mse=self.val_mse)
         return out
@@ -100,8 +74,10 @@ def select_splits(sm: SplitModel, spec: str, gpz: dict | None = None) -> list[in
         return [s.index for s in sm.splits]
     if spec == "gpz":
         if gpz is None:
-            raise AttackError("--splits gpz needs an a-priori GPZ, and none could be computed for this model "
-                              "(see the note above): list the splits to attack instead, e.g. --splits 1,3,5")
+            raise AttackError(
+                "--splits gpz needs an a-priori GPZ, and none could be computed for this model "
+                "(see the note above): list the splits to attack instead, e.g. --splits 1,3,5"
+            )
         zone = gpz.get("zone") or [gpz["index"]]
         return list(range(max(1, min(zone) - 1), min(sm.num_splits, max(zone) + 1) + 1))
     items = [s.strip() for s in spec.split(",") if s.strip()]
@@ -122,14 +98,17 @@ def unseen_train_rows(train: datasets.Dataset, meta: dict, dataset: str) -> tupl
     return train, "train split (the model was trained on it too)"
 
 
-def split_aux(aux: datasets.Dataset, max_samples: int | None, seed: int,
-              val_fraction: float) -> tuple[datasets.Dataset, datasets.Dataset]:
+def split_aux(
+    aux: datasets.Dataset, max_samples: int | None, seed: int, val_fraction: float
+) -> tuple[datasets.Dataset, datasets.Dataset]:
     """A seeded sample of at most `max_samples` aux images, cut into (train, held-out) parts."""
     n = len(aux) if max_samples is None else min(max_samples, len(aux))
     if n < MIN_AUX_IMAGES:
-        raise AttackError(f"the auxiliary set has {n} images; a decoder attack needs at least {MIN_AUX_IMAGES} "
-                          f"(most to train the decoder, {MIN_VAL_IMAGES}+ held out for early stopping). "
-                          "Raise --aux-samples or pass a larger --aux-dataset")
+        raise AttackError(
+            f"the auxiliary set has {n} images; a decoder attack needs at least {MIN_AUX_IMAGES} "
+            f"(most to train the decoder, {MIN_VAL_IMAGES}+ held out for early stopping). "
+            "Raise --aux-samples or pass a larger --aux-dataset"
+        )
     aux = take(aux, n, seed=seed)
     n_val = max(MIN_VAL_IMAGES, round(val_fraction * n))
     return aux.select(range(n - n_val)), aux.select(range(n - n_val, n))
@@ -160,20 +139,31 @@ def plan_passes(dims: dict[int, int], num_images: int, budget: int) -> list[list
 def _check_z(sm: SplitModel, k: int, z: Any) -> torch.Tensor:
     name = sm.splits[k - 1].name
     if not isinstance(z, torch.Tensor):
-        raise AttackError(f"split {k} ({name}) outputs a {type(z).__name__}, not one tensor; an attacker "
-                          "intercepts one tensor z. Choose split points where a single tensor crosses the cut")
+        raise AttackError(
+            f"split {k} ({name}) outputs a {type(z).__name__}, not one tensor; an attacker "
+            "intercepts one tensor z. Choose split points where a single tensor crosses the cut"
+        )
     if not z.is_floating_point():
         raise AttackError(f"split {k} ({name}) outputs {z.dtype} values; the attacks need floating-point z")
     if not torch.isfinite(z).all():
-        raise AttackError(f"split {k} ({name}) produced NaN or Inf features; check the model weights and "
-                          "the input scaling")
+        raise AttackError(
+            f"split {k} ({name}) produced NaN or Inf features; check the model weights and the input scaling"
+        )
     return z
 
 
 @torch.no_grad()
-def extract_features(sm: SplitModel, ds: datasets.Dataset, splits: Sequence[int], *, image_size: int | None,
-                     channels: int | None, device: torch.device, desc: str = "features",
-                     progress: bool = True) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+def extract_features(
+    sm: SplitModel,
+    ds: datasets.Dataset,
+    splits: Sequence[int],
+    *,
+    image_size: int | None,
+    channels: int | None,
+    device: torch.device,
+    desc: str = "features",
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Images (as the model sees them) and z at each of `splits`, from one pass, kept on the CPU."""
     xs, zs = [], {k: [] for k in splits}
     loader = make_loader(ds, EVAL_BATCH, image_size=image_size, channels=channels)
@@ -188,38 +178,67 @@ def extract_features(sm: SplitModel, ds: datasets.Dataset, splits: Sequence[int]
     return torch.cat(xs), {k: torch.cat(v) for k, v in zs.items()}
 
 
-@torch.no_grad()
-def _decode(decoder: torch.nn.Module, z: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat([decoder(z[i:i + EVAL_BATCH].to(device)).cpu() for i in range(0, len(z), EVAL_BATCH)])
+def get_attack(name: str) -> type[Attack]:
+    """The attack registered as `name` (decoder, enhanced, optimize), or the Attack subclass the
+    user named as `package.module:Class`."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" not in name:
+        raise AttackError(
+            f"unknown attack '{name}': choose one of {', '.join(REGISTRY)}, or name your own Attack "
+            "subclass as package.module:Class"
+        )
+    module, _, attr = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise AttackError(f"cannot load attack '{name}': {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise AttackError(f"'{name}' is not a subclass of vortex.attacks.base.Attack")
+    return cls
 
 
-def _attack_one(sm: SplitModel, k: int, config: AttackConfig, device: torch.device, x_priv: torch.Tensor,
-                z_priv: torch.Tensor, aux: tuple | None) -> SplitAttack:
+def _attack_one(
+    sm: SplitModel,
+    k: int,
+    config: AttackConfig,
+    x_priv: torch.Tensor,
+    z_priv: torch.Tensor,
+    aux: AuxPairs | None,
+) -> SplitAttack:
     start, name = time.perf_counter(), sm.splits[k - 1].name
-    desc = f"split {k} ({name})"
-    epochs = val = None
-    if config.attack == "optimize":
-        recon = invert_by_optimization(sm.edge(k), z_priv, x_priv.shape[1:], steps=config.steps, lr=config.opt_lr,
-                                       tv_weight=config.tv_weight, batch_size=EVAL_BATCH, device=device, desc=desc,
-                                       progress=config.progress)
-    else:
-        x_tr, z_tr, x_val, z_val = aux
-        torch.manual_seed(config.seed + k)
-        decoder = build_decoder(z_priv.shape[1:], x_priv.shape[1:], width=config.width,
-                                enhanced=config.attack == "enhanced")
-        fit = fit_decoder(decoder, z_tr, x_tr, z_val, x_val, epochs=config.epochs, batch_size=config.batch_size,
-                          lr=config.lr, patience=config.patience, seed=config.seed + k, device=device, desc=desc,
-                          progress=config.progress)
-        recon, epochs, val = _decode(fit.decoder, z_priv, device), fit.epochs_run, fit.val_mse
+    attack = get_attack(config.attack)(
+        config, tuple(x_priv.shape[1:]), seed=config.seed + k, desc=f"split {k} ({name})"
+    )
+    attack.fit(sm.edge(k), aux)
+    recon = attack.invert(z_priv)
     metrics = summarize(image_metrics(recon, x_priv))
     g = config.grid_images
-    return SplitAttack(k, name, list(z_priv.shape[1:]), metrics, time.perf_counter() - start,
-                       x_priv[:g].clone(), recon[:g].clone(), epochs, val)
+    return SplitAttack(
+        k,
+        name,
+        list(z_priv.shape[1:]),
+        metrics,
+        time.perf_counter() - start,
+        x_priv[:g].clone(),
+        recon[:g].clone(),
+        attack.epochs_run,
+        attack.val_mse,
+    )
 
 
-def attack_splits(sm: SplitModel, private: datasets.Dataset, aux: datasets.Dataset | None, splits: Sequence[int],
-                  config: AttackConfig, *, image_size: int | None = None, channels: int | None = None,
-                  aux_samples: int | None = None, device: torch.device | str | None = None) -> list[SplitAttack]:
+def attack_splits(
+    sm: SplitModel,
+    private: datasets.Dataset,
+    aux: datasets.Dataset | None,
+    splits: Sequence[int],
+    config: AttackConfig,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    aux_samples: int | None = None,
+    device: torch.device | str | None = None,
+) -> list[SplitAttack]:
     """Attack each of `splits` and score it on `private`; this process's share when there are several.
 
     Decoder attacks train on a seeded sample of `aux` (at most `aux_samples`), stopping early on
@@ -228,9 +247,10 @@ def attack_splits(sm: SplitModel, private: datasets.Dataset, aux: datasets.Datas
     """
     state = process_state()
     device = torch.device(device or state.device)
-    mine = list(splits)[state.process_index::state.num_processes]
+    config = replace(config, device=str(device))
+    mine = list(splits)[state.process_index :: state.num_processes]
     aux_parts = None
-    if config.attack != "optimize":
+    if get_attack(config.attack).needs_aux:
         if aux is None:
             raise AttackError(f"the {config.attack} attack needs auxiliary images")
         aux_parts = split_aux(aux, aux_samples, config.seed, config.val_fraction)
@@ -244,17 +264,24 @@ def attack_splits(sm: SplitModel, private: datasets.Dataset, aux: datasets.Datas
         if aux_parts:
             x_tr, z_tr = extract_features(sm, aux_parts[0], group, desc="aux features", **kw)
             x_val, z_val = extract_features(sm, aux_parts[1], group, desc="aux held-out features", **kw)
-            aux_z = {k: (x_tr, z_tr[k], x_val, z_val[k]) for k in group}
+            aux_z = {k: AuxPairs(z_tr[k], x_tr, z_val[k], x_val) for k in group}
         for k in group:
-            results.append(_attack_one(sm, k, config, device, x_priv, z_priv.pop(k), aux_z and aux_z.pop(k)))
+            results.append(_attack_one(sm, k, config, x_priv, z_priv.pop(k), aux_z and aux_z.pop(k)))
     if state.num_processes > 1:
         from accelerate.utils import gather_object
+
         results = gather_object(results)
     return sorted(results, key=lambda r: r.index)
 
 
-def _z_shapes(sm: SplitModel, ds: datasets.Dataset, splits: Sequence[int], image_size: int | None,
-              channels: int | None, device: torch.device) -> dict[int, tuple[int, ...]]:
+def _z_shapes(
+    sm: SplitModel,
+    ds: datasets.Dataset,
+    splits: Sequence[int],
+    image_size: int | None,
+    channels: int | None,
+    device: torch.device,
+) -> dict[int, tuple[int, ...]]:
     """The shape of one sample's z at each of `splits` (checked to be one finite float tensor)."""
     if len(ds) == 0:
         raise AttackError("there are no private images to score: the test split is empty")
@@ -271,24 +298,45 @@ def gpz_agreement(zone: Sequence[int], posthoc: dict) -> bool:
     return any(low <= k <= high for k in zone)
 
 
-def attack_report(attacks: Sequence[SplitAttack], *, model: str, dataset: str, aux_dataset: str | None,
-                  attack: str, profile: dict | None, extra: dict | None = None) -> dict[str, Any]:
-    """The CONTRACT attack.json: per-split metrics, a-priori and post-hoc GPZ and their agreement."""
+def attack_report(
+    attacks: Sequence[SplitAttack],
+    *,
+    model: str,
+    dataset: str,
+    aux_dataset: str | None,
+    attack: str,
+    profile: dict | None,
+    extra: dict | None = None,
+) -> dict[str, Any]:
+    """The attack.json record: per-split metrics, the a-priori and post-hoc GPZ and their agreement."""
     splits = [a.record() for a in attacks]
     if profile is not None:
         for s in splits:
             s["rho"] = profile["splits"][s["index"] - 1]["rho"]
     gpz = profile["gpz"] if profile is not None else None
-    predicted = ({"index": gpz["index"], "zone": gpz["zone"], "quantity": gpz.get("quantity")}
-                 if gpz else {"index": None})
+    predicted = (
+        {"index": gpz["index"], "zone": gpz["zone"], "quantity": gpz.get("quantity")} if gpz else {"index": None}
+    )
     posthoc, agreement = {"index": None, "reason": "a post-hoc GPZ needs attacks at 2 or more splits"}, None
     if len(attacks) >= 2:
         found = locate_posthoc([a.index for a in attacks], [a.metrics["mse"] for a in attacks])
         if max(found["rises"]) > 0:
             posthoc, agreement = found, gpz_agreement(gpz["zone"], found) if gpz else None
         else:
-            posthoc = {"index": None, "reason": "attack MSE never rises from one attacked split to the next",
-                       "rises": found["rises"]}
-    return {"vortex_version": __version__, "model": model, "dataset": dataset, "aux_dataset": aux_dataset,
-            "attack": attack, **(extra or {}), "splits": splits, "gpz_predicted": predicted,
-            "gpz_posthoc": posthoc, "agreement": agreement}
+            posthoc = {
+                "index": None,
+                "reason": "attack MSE never rises from one attacked split to the next",
+                "rises": found["rises"],
+            }
+    return {
+        "vortex_version": __version__,
+        "model": model,
+        "dataset": dataset,
+        "aux_dataset": aux_dataset,
+        "attack": attack,
+        **(extra or {}),
+        "splits": splits,
+        "gpz_predicted": predicted,
+        "gpz_posthoc": posthoc,
+        "agreement": agreement,
+    }

@@ -1,0 +1,147 @@
+"""Does `--target-gpz K` protect split K? Indicator and attacks side by side, for several K.
+
+    python benchmarks/controller_privacy.py --recipe recipes/cnn_digits.yaml --targets 2 3 4 5 6 7
+    python benchmarks/controller_privacy.py --recipe recipes/resnet18_digits.yaml --targets 3 4
+
+Trains the untargeted run once, then one run per K against it. Per K it prints: where the rho
+transition landed (the indicator), the verdict attack's MSE at split K on the targeted model and,
+with the same attack, on the untargeted model at the same split, the post-hoc GPZ (the split after
+the largest rise of attack MSE over all splits of the targeted model; --no-posthoc skips it), test
+accuracy against the untargeted run, the training run's own verdict and wall time. A target counts
+as reached only when the rho transition is at K and split K's attack MSE is at least --privacy-mse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vortex.attacks.base import AttackConfig
+from vortex.attacks.sweep import attack_splits
+from vortex.core.gpz import locate_posthoc
+from vortex.data import data_shape, load_data, num_classes, take
+from vortex.hub.loading import load_model
+from vortex.training.config import load_recipe
+from vortex.training.privacy import PrivacyCriterion
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vortex", "train", *args], capture_output=True, text=True)
+
+
+def attack(ckpt: Path, dataset: str, splits: list[int], criterion: PrivacyCriterion, seed: int) -> dict[int, float]:
+    """Attack MSE per split, with the verdict's attack and budget (aux: train split, scored: test)."""
+    data = load_data(dataset)
+    channels, size, _ = data_shape(data["test"])
+    loaded = load_model(str(ckpt), num_classes=num_classes(data["test"]), data_channels=channels, data_size=size)
+    config = AttackConfig(
+        attack=criterion.attack,
+        epochs=criterion.epochs,
+        seed=seed,
+        progress=False,
+        clusters=num_classes(data["test"]),
+    )
+    done = attack_splits(
+        loaded.split,
+        take(data["test"], criterion.private_samples, seed=seed),
+        data["train"],
+        splits,
+        config,
+        image_size=loaded.spec.image_size,
+        channels=loaded.spec.in_channels,
+        aux_samples=criterion.aux_samples,
+        device=torch.device("cpu"),
+    )
+    return {a.index: a.metrics["mse"] for a in done}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="recipes/cnn_digits.yaml")
+    p.add_argument("--targets", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7])
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--privacy-mse", type=float, default=0.02, help="attack MSE at K that counts as protected")
+    p.add_argument("--no-posthoc", action="store_true", help="skip attacking every split of each targeted model")
+    p.add_argument("--out", help="keep the runs here (default: a temporary directory)")
+    args = p.parse_args()
+    recipe = load_recipe(args.recipe)
+    extra = ["--epochs", str(args.epochs)] if args.epochs else []
+    criterion = PrivacyCriterion(min_mse=args.privacy_mse)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.out or tmp)
+        start = time.perf_counter()
+        base = train("--recipe", args.recipe, "--output_dir", str(root / "baseline"), "--holdout-probe", *extra)
+        if base.returncode:
+            sys.exit(base.stderr)
+        base_meta = json.loads((root / "baseline" / "vortex.json").read_text())
+        base_acc, n_splits = base_meta["test_accuracy"], len(base_meta["splits"])
+        untargeted = attack(root / "baseline", recipe.dataset, sorted(set(args.targets)), criterion, recipe.seed)
+        print(
+            f"untargeted run: rho transition at {base_meta['gpz']['index']}, accuracy {base_acc:.4f}, "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+        rows = []
+        for k in args.targets:
+            out, start = root / f"k{k}", time.perf_counter()
+            run = train(
+                "--recipe",
+                args.recipe,
+                "--output_dir",
+                str(out),
+                "--target-gpz",
+                str(k),
+                "--baseline",
+                str(root / "baseline"),
+                "--privacy-mse",
+                str(args.privacy_mse),
+                *extra,
+            )
+            if not (out / "vortex.json").is_file():
+                sys.exit(run.stderr)
+            meta = json.loads((out / "vortex.json").read_text())
+            mse_k = next(s["mse"] for s in meta["privacy"]["splits"] if s["index"] == k)
+            posthoc = None
+            if not args.no_posthoc:
+                per_split = attack(out, recipe.dataset, list(range(1, n_splits + 1)), criterion, recipe.seed)
+                indices = sorted(per_split)
+                posthoc = locate_posthoc(indices, [per_split[i] for i in indices]).get("index")
+            verdict = "reached" if meta["target_reached"] else "MISSED"
+            rows.append(
+                (
+                    k,
+                    meta["reached_gpz"],
+                    posthoc,
+                    mse_k,
+                    untargeted[k],
+                    meta["test_accuracy"],
+                    time.perf_counter() - start,
+                    verdict,
+                )
+            )
+            print(f"K={k}: {verdict} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(
+        f"\n{args.recipe} on {recipe.dataset}"
+        + (f", {args.epochs} epochs" if args.epochs else "")
+        + f"; protected at attack MSE >= {args.privacy_mse}; untargeted accuracy {base_acc:.4f}"
+    )
+    print(
+        f"{'K':>3} {'rho GPZ':>8} {'post-hoc':>9} {'MSE@K targeted':>15} {'untargeted':>11} "
+        f"{'test acc':>9} {'vs untargeted':>14} {'time':>7}  verdict"
+    )
+    for k, rho_gpz, posthoc, mse_k, mse_u, acc, took, verdict in rows:
+        print(
+            f"{k:>3} {rho_gpz:>8} {posthoc if posthoc else '-':>9} {mse_k:>15.4f} {mse_u:>11.4f} {acc:>9.4f} "
+            f"{acc - base_acc:>+14.4f} {took:>6.0f}s  {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()

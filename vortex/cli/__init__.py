@@ -1,0 +1,1 @@
+"""The `vortex` command: every parser, and the demo."""

@@ -1,0 +1,110 @@
+"""`vortex publish` and `vortex pull`: the Hub commands of the `vortex` CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+from vortex.hub.layout import read_half_config
+from vortex.report.tables import human_size, shape_text
+
+
+def add_publish_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "publish",
+        help="push a checkpoint (card, profile, halves) to a Hub model repo in one commit",
+        description="Create the Hub repo if needed and upload the checkpoint directory in one commit: "
+        "weights, config, vortex.json, plots, edge/ and cloud/ halves and a freshly "
+        "rendered model card. Training state and logs stay local. Uses HF_TOKEN or the "
+        "login of `hf auth login`; HF_ENDPOINT selects the Hub.",
+    )
+    p.add_argument("directory", help="checkpoint directory written by `vortex train`")
+    p.add_argument("--repo-id", "--repo_id", required=True, help="ORG/NAME (or NAME for your own namespace)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (created from main if missing; default: main)")
+    p.add_argument("--commit-message", "--commit_message", help="commit message (default: a summary)")
+    p.add_argument(
+        "--split",
+        help="re-cut the edge/ and cloud/ halves at this split (index or name) first; "
+        "default: keep them (written at the GPZ if missing)",
+    )
+    p.add_argument(
+        "--trust-code",
+        "--trust_code",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:FUNCTION",
+        help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
+        "vortex never imports code named by a file otherwise",
+    )
+    p.set_defaults(func=cmd_publish)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish a checkpoint directory and print what was pushed (never the token)."""
+    from vortex.hub.repo import publish
+
+    done = publish(
+        args.directory,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        split=args.split,
+        trust_code=args.trust_code,
+    )
+    print(done.summary(args.directory))
+    return 0
+
+
+def add_pull_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pull",
+        help="download one half (or the whole checkpoint) of a Hub repo and verify it",
+        description="Download the edge half, the cloud half or the whole checkpoint of a vortex Hub "
+        "repo into a directory and check that it loads: the edge device fetches edge/ "
+        "only, never the cloud weights. HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE=1 "
+        "work as usual.",
+    )
+    p.add_argument("repo_id", help="ORG/NAME of a repo published with `vortex publish`")
+    p.add_argument(
+        "--part",
+        choices=("edge", "cloud", "full"),
+        default="edge",
+        help="edge (default): edge/ only; cloud: cloud/ only; full: the whole checkpoint",
+    )
+    p.add_argument("--out", required=True, help="directory to download into")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument(
+        "--trust-code",
+        "--trust_code",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:FUNCTION",
+        help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
+        "vortex never imports code named by a file otherwise",
+    )
+    p.set_defaults(func=cmd_pull)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from vortex.hub.repo import folder_size, pull
+
+    path = pull(args.repo_id, args.out, args.part, revision=args.revision, trust_code=args.trust_code)
+    count, size = folder_size(path)
+    what = "the whole checkpoint" if args.part == "full" else f"the {args.part} half"
+    print(
+        f"pulled {what} of {args.repo_id} ({args.revision or 'main'}) into {args.out}: {count} files, "
+        f"{human_size(size)}, verified"
+    )
+    if args.part != "full":
+        cfg = read_half_config(path, args.part)
+        s = cfg["split"]
+        io = (
+            f"image {shape_text(s['input_shape'])} -> z {shape_text(s['z_shape'])} ({s['z_bytes']} bytes)"
+            if args.part == "edge"
+            else f"z {shape_text(s['z_shape'])} -> {shape_text(s['output_shape'])} logits"
+        )
+        print(f"  split {s['index']} ({s['name']}) of {cfg['architecture']}: {io}, {cfg['params']} params")
+    part = "" if args.part == "full" else f', part="{args.part}"'
+    print(f'  load    vortex.from_pretrained("{args.out}"{part})')
+    return 0

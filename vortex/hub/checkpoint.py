@@ -1,0 +1,181 @@
+"""Write and load checkpoint directories: full weights, the edge/ and cloud/ halves, profile, card.
+
+The files are listed in vortex/hub/layout.py.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+from torch import fx, nn
+
+from vortex import __version__
+from vortex.core.splits import SplitModel, evaluating
+from vortex.errors import VortexError
+from vortex.files import write_atomic, write_json
+from vortex.hub.layout import (
+    CONFIG,
+    META,
+    PARTS,
+    WEIGHTS,
+    gpz_index,
+    read_config,
+    read_half_config,
+)
+from vortex.models import ModelSpec, build_model, split_model
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    split_names: list[str],
+    meta: dict[str, Any] | None = None,
+    *,
+    split: int | str | None = None,
+    card: bool = True,
+) -> Path:
+    """Write the checkpoint, each file atomically.
+
+    The halves are cut at `split` (index or name), by default at the GPZ recorded in
+    `meta`; without either, no halves are written (and stale ones are removed).
+    `meta["profile"]` is also written as profile.json and profile.png; `card` writes README.md.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"vortex_version": __version__, "splits": split_names, **(meta or {})}
+    sm = split_model(model, spec, split_names)
+    gpz = gpz_index(meta)
+    k = sm.resolve(split) if split is not None else gpz
+    weights_meta = {"vortex_version": __version__, **({"gpz": str(gpz)} if gpz else {})}
+    write_atomic(out / WEIGHTS, lambda tmp: save_model(model, tmp, metadata=weights_meta))
+    if k is None:
+        for part in PARTS:
+            shutil.rmtree(out / part, ignore_errors=True)
+        meta.pop("halves", None)
+    else:
+        meta["halves"] = write_halves(out, sm, spec, k)
+    write_json(
+        out / CONFIG,
+        {"model_type": "vortex", "vortex_version": __version__, **spec.to_dict(), "split_points": split_names},
+    )
+    write_json(out / META, meta)
+    if "profile" in meta:
+        from vortex.report.plots import plot_profile
+
+        write_json(out / "profile.json", meta["profile"])
+        plot_profile(meta["profile"], out / "profile.png")
+    if card:
+        from vortex.hub.cards import write_card
+
+        write_card(out)
+    return out
+
+
+def write_halves(out_dir: str | Path, sm: SplitModel, spec: ModelSpec, split: int | str) -> dict[str, Any]:
+    """Write edge/ and cloud/ for split `split` of `sm`; return what vortex.json records about them."""
+    out, k = Path(out_dir), sm.resolve(split)
+    device = next(sm.model.parameters()).device
+    example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size, device=device)
+    with torch.no_grad(), evaluating(sm.model):
+        z_shape = list(sm.edge(k)(example).shape[1:])
+    info = {
+        "index": k,
+        "name": sm.splits[k - 1].name,
+        "input_shape": list(example.shape[1:]),
+        "z_shape": z_shape,
+        "z_bytes": 4 * math.prod(z_shape),
+        "output_shape": [spec.num_classes],
+    }
+    params = {}
+    for part in PARTS:
+        module = sm.edge(k) if part == "edge" else sm.cloud(k)
+        params[part] = sum(p.numel() for p in module.parameters())
+        metadata = {"vortex_version": __version__, "part": part, "split": str(k), "split_name": info["name"]}
+        write_atomic(out / part / WEIGHTS, lambda tmp, m=module, md=metadata: save_model(m, tmp, metadata=md))
+        write_json(
+            out / part / CONFIG,
+            {
+                "model_type": "vortex",
+                "vortex_version": __version__,
+                "part": part,
+                **spec.to_dict(),
+                "split_points": [s.name for s in sm.splits],
+                "split": info,
+                "params": params[part],
+            },
+        )
+    return {**info, "edge_params": params["edge"], "cloud_params": params["cloud"]}
+
+
+def load_checkpoint(path: str | Path, *, trust_code: Sequence[str] = ()) -> tuple[nn.Module, ModelSpec, list[str]]:
+    """Rebuild the model from config.json and load its safetensors weights (no pickle).
+
+    A custom architecture is built only when the user trusts its name (see `build_model`).
+    """
+    config = read_config(path)
+    spec = ModelSpec.from_dict(config)
+    model = build_model(spec, trust_code=trust_code)
+    missing, unexpected = load_model(model, str(Path(path) / WEIGHTS), strict=False)
+    if missing or unexpected:
+        raise VortexError(
+            f"weights in '{path}' do not match a {spec.architecture} model: missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model, spec, list(config.get("split_points", []))
+
+
+def load_half(path: str | Path, part: str, *, trust_code: Sequence[str] = ()) -> fx.GraphModule:
+    """Rebuild the `part` half stored under `path` from its own config and weights, verified."""
+    config = read_half_config(path, part)
+    spec = ModelSpec.from_dict(config)
+    sm = split_model(build_model(spec, trust_code=trust_code), spec, config["split_points"])
+    recorded = config["split"]
+    k = sm.resolve(recorded["index"])
+    if sm.splits[k - 1].name != recorded["name"]:
+        raise VortexError(
+            f"the {part} half in '{path}' was cut after '{recorded['name']}' but split {k} of this "
+            f"{spec.architecture} is '{sm.splits[k - 1].name}'; re-save the checkpoint"
+        )
+    module = sm.edge(k) if part == "edge" else sm.cloud(k)
+    weights = Path(path) / part / WEIGHTS
+    with safe_open(str(weights), framework="pt") as f:
+        stored = f.metadata() or {}
+    if (stored.get("part"), stored.get("split")) != (part, str(k)):
+        raise VortexError(
+            f"'{weights}' holds the {stored.get('part')} half of split {stored.get('split')}, but its "
+            f"config describes the {part} half of split {k}; re-save the checkpoint"
+        )
+    try:
+        missing, unexpected = load_model(module, str(weights), strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise VortexError(f"the {part} half in '{path}' does not fit split {k}: {str(exc).splitlines()[-1]}") from None
+    if missing or unexpected:
+        raise VortexError(
+            f"the {part} half in '{path}' does not match split {k} ({recorded['name']}): missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    verify_half(module, recorded, part)
+    return module.eval()
+
+
+def verify_half(module: nn.Module, recorded: dict[str, Any], part: str) -> None:
+    """Run a zero input of the recorded shape through a half; check its output shape and payload."""
+    shape_in = recorded["input_shape"] if part == "edge" else recorded["z_shape"]
+    expected = recorded["z_shape"] if part == "edge" else recorded["output_shape"]
+    with torch.no_grad(), evaluating(module):
+        out = module(torch.zeros(1, *shape_in))
+    got = list(out.shape[1:])
+    if got != expected or (part == "edge" and 4 * math.prod(got) != recorded["z_bytes"]):
+        raise VortexError(
+            f"the {part} half at split {recorded['index']} maps {shape_in} to {got}, but the "
+            f"checkpoint records {expected} ({recorded['z_bytes']} payload bytes); it is not the "
+            "recorded split"
+        )

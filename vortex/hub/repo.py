@@ -1,0 +1,457 @@
+"""The Hugging Face Hub: publish a checkpoint, download it whole or pre-partitioned.
+
+    vortex.from_pretrained("org/name", part="edge")   # downloads edge/ only, never cloud weights
+    publish("runs/demo", "org/name")                  # create the repo, upload in one commit
+
+Every Hub call goes through huggingface_hub, so HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE and
+HF_HUB_OFFLINE=1 work as usual. Weights load from safetensors only; pickle files and custom
+(code-defined) architectures in a downloaded repo are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch import nn
+
+from vortex.errors import HubError, VortexError
+from vortex.hub.checkpoint import load_checkpoint, load_half, write_halves
+from vortex.hub.layout import (
+    CARD,
+    CONFIG,
+    META,
+    PARTS,
+    WEIGHTS,
+    gpz_index,
+    is_checkpoint,
+    read_config,
+    read_half_config,
+    read_meta,
+)
+from vortex.models import BUILTINS, split_model
+from vortex.report.tables import human_size, shape_text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+NOT_PUBLISHED = ("state", "logs")  # training state (pickles) and tracker logs stay local
+# what each part needs from a repo; None: everything (a whole checkpoint)
+PATTERNS: dict[str, list[str] | None] = {
+    "edge": [CONFIG, "edge/*"],
+    "cloud": [CONFIG, "cloud/*"],
+    "weights": [CONFIG, META, WEIGHTS],
+    "full": None,
+}
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether `text` reads as a Hub repo id `org/name` (and is not an existing local path)."""
+    return bool(_REPO_ID.fullmatch(text)) and not Path(text).exists()
+
+
+# Download ------------------------------------------------------------------------------------------------
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of the HTTP client huggingface_hub uses."""
+    try:
+        import httpx2 as httpx
+    except ImportError:
+        import httpx
+    return (httpx.TransportError,)
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into one-line HubErrors that say what to do."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except GatedRepoError:
+        raise HubError(
+            f"Hub repo '{repo_id}' is gated: accept its conditions on the Hub and log in (`hf auth login` or HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:  # also what some mirrors answer for a missing revision
+        what = f"Hub repo '{repo_id}'" + (f" (revision {revision})" if revision else "")
+        check = "the id and the revision" if revision else "the id"
+        raise HubError(
+            f"{what} not found at {_endpoint()}: check {check}; for a private repo log in (`hf auth login` or HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise HubError(
+            f"revision '{revision}' does not exist in Hub repo '{repo_id}': use one of its branches, tags or commits"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise HubError(
+            f"'{repo_id}' (revision {revision or 'main'}) is not in the local Hub cache and the Hub "
+            f"cannot be used (HF_HUB_OFFLINE=1 or {_endpoint()} unreachable): load it once online to "
+            "cache it, or load a directory written by `vortex pull`"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise HubError(
+            f"the Hub at {_endpoint()} refused the request for '{repo_id}': {str(exc).splitlines()[0]}"
+        ) from None
+    except _transport_errors() as exc:
+        raise HubError(
+            f"cannot reach the Hub at {_endpoint()} ({type(exc).__name__}: {exc}); check the network "
+            "or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the local cache"
+        ) from None
+
+
+def _refuse_unsafe(repo_id: str, files: list[str]) -> None:
+    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise HubError(
+            f"Hub repo '{repo_id}' holds pickle files ({', '.join(pickles[:3])}); vortex loads "
+            "safetensors only and refuses repos that ship pickled weights"
+        )
+
+
+def download(
+    repo_id: str,
+    part: str = "full",
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_dir: str | Path | None = None,
+    trust_code: Sequence[str] = (),
+) -> Path:
+    """Download what `part` needs from a Hub repo ('edge', 'cloud', 'weights' or 'full') and return its folder.
+
+    'edge' fetches config.json and edge/ only, so a device never receives cloud weights.
+    The repo is refused if it holds pickle files, is not a vortex checkpoint, or names a custom
+    (non built-in) architecture the caller did not trust by name: that would mean importing code
+    a download names.
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    if part not in PATTERNS:
+        raise HubError(f"unknown part '{part}': use one of {', '.join(PATTERNS)}")
+    with _hub_errors(repo_id, revision):
+        if not constants.is_offline_mode():
+            info = HfApi().model_info(repo_id, revision=revision or "main")
+            _refuse_unsafe(repo_id, [s.rfilename for s in info.siblings or []])
+        path = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=PATTERNS[part],
+                ignore_patterns=[f"*{s}" for s in PICKLE_SUFFIXES],
+                cache_dir=cache_dir,
+                local_dir=local_dir,
+            )
+        )
+    _check_vortex(path, repo_id, part, remote=True, trust_code=trust_code)
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path` ({} when absent), with a one-line error when it is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HubError(
+            f"'{path}' is not valid JSON ({exc}); the checkpoint is damaged: download or save it again"
+        ) from None
+    if not isinstance(data, dict):
+        raise HubError(f"'{path}' holds a JSON {type(data).__name__}, not an object; the checkpoint is damaged")
+    return data
+
+
+def _check_vortex(path: Path, source: str, part: str, remote: bool = False, trust_code: Sequence[str] = ()) -> None:
+    """Refuse what is not a vortex checkpoint or lacks the part asked for, and any config (the
+    top-level one or a half's) naming an architecture that is neither built in nor trusted by
+    name (building it would import code a file names)."""
+    where = f"Hub repo '{source}'" if remote else f"'{source}'"
+    cfg = _read_json(path / CONFIG)
+    if cfg.get("model_type") != "vortex":
+        raise HubError(
+            f"{where} is not a vortex checkpoint (no {CONFIG} with model_type 'vortex'); "
+            "write one with `vortex train --output_dir DIR` and publish it with `vortex publish`"
+        )
+    for config in (CONFIG, *(f"{p}/{CONFIG}" for p in PARTS)):
+        arch = _read_json(path / config).get("architecture", BUILTINS[0])
+        if arch not in BUILTINS and arch not in trust_code:
+            raise HubError(
+                f"{where}: {config} names the architecture '{arch}', which is not built in "
+                f"({', '.join(BUILTINS)}); vortex never imports code a file names. If you trust that "
+                f"function, pass --trust-code {arch} (trust_code=['{arch}'] in Python)"
+            )
+    if part in PARTS and not (path / part / WEIGHTS).is_file():
+        raise HubError(
+            f"{where} has no {part}/ half; its publisher can add the halves with "
+            "`vortex publish DIR --repo-id ORG/NAME --split K`"
+        )
+    if part == "weights" and not (path / WEIGHTS).is_file():
+        raise HubError(f"{where} has no full weights ({WEIGHTS}); load its halves with part='edge' or 'cloud'")
+
+
+def fetch_checkpoint(repo_id: str, revision: str | None = None, trust_code: Sequence[str] = ()) -> Path:
+    """Download a repo's full weights and configs (not its halves) for loading as a checkpoint directory."""
+    return download(repo_id, "weights", revision=revision, trust_code=trust_code)
+
+
+def from_pretrained(
+    repo_or_dir: str | Path,
+    part: str = "full",
+    *,
+    revision: str | None = None,
+    split: int | str | None = None,
+    cache_dir: str | Path | None = None,
+    trust_code: Sequence[str] = (),
+) -> nn.Module:
+    """Load a vortex checkpoint from the Hub (`org/name`) or a local directory, in eval mode.
+
+    part='edge': the edge half (image -> z); 'cloud': the cloud half (z -> logits); 'full': the
+    whole model. The halves are those stored in the checkpoint (cut at its GPZ), checked against
+    the recorded split before they are returned; from the Hub, part='edge' downloads edge/ only.
+    A `split` other than the stored one cuts the full weights there (and so downloads them).
+    Never unpickles; a custom (`package.module:function`) architecture is built only when its
+    name is in `trust_code`.
+    """
+    if part not in (*PARTS, "full"):
+        raise VortexError(f"part must be 'edge', 'cloud' or 'full', not '{part}'")
+    local = Path(repo_or_dir)
+    remote = not local.is_dir()
+    if remote and not is_repo_id(str(repo_or_dir)):
+        raise VortexError(f"'{repo_or_dir}' is neither a checkpoint directory nor a Hub repo id (org/name)")
+
+    def fetch(what: str) -> Path:
+        if remote:
+            return download(str(repo_or_dir), what, revision=revision, cache_dir=cache_dir, trust_code=trust_code)
+        _check_vortex(local, str(local), what, trust_code=trust_code)
+        return local
+
+    if part != "full":
+        path = fetch(part)
+        recorded = read_half_config(path, part)["split"]
+        if split is None or str(split) in (str(recorded["index"]), recorded["name"]):
+            return load_half(path, part, trust_code=trust_code)
+        if not remote and not is_checkpoint(local):
+            raise VortexError(
+                f"'{local}' holds only the {part} half at split {recorded['index']} "
+                f"({recorded['name']}); load that split, or the full checkpoint to cut at {split}"
+            )
+    model, spec, names = load_checkpoint(fetch("weights"), trust_code=trust_code)
+    model.eval()
+    if part == "full":
+        return model
+    sm = split_model(model, spec, names)
+    return (sm.edge(split) if part == "edge" else sm.cloud(split)).eval()
+
+
+# Publish -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Published:
+    """What `publish` pushed: the repo, the commit and the files in it."""
+
+    repo_id: str
+    revision: str
+    commit_url: str
+    files: list[str]
+    size: int
+    halves: dict[str, Any] | None
+
+    def summary(self, directory: str | Path) -> str:
+        """What a user is told after a push: files, size, commit, halves and how to load them (never the token)."""
+        lines = [
+            f"published {directory} to {self.repo_id} ({self.revision}) in one commit: "
+            f"{len(self.files)} files, {human_size(self.size)}",
+            f"  commit  {self.commit_url}",
+        ]
+        h = self.halves
+        if h:
+            lines.append(
+                f"  halves  split {h['index']} ({h['name']}): edge {h['edge_params']} params, image "
+                f"{shape_text(h['input_shape'])} -> z {shape_text(h['z_shape'])} ({h['z_bytes']} bytes); "
+                f"cloud {h['cloud_params']} params"
+            )
+        lines += [
+            f'  load    vortex.from_pretrained("{self.repo_id}", part="edge")',
+            f"          vortex pull {self.repo_id} --part edge --out edge_model",
+        ]
+        return "\n".join(lines)
+
+
+def files_to_publish(directory: str | Path) -> list[str]:
+    """Repo paths of the files `publish` uploads: all but training state, logs, hidden files and pickles."""
+    root = Path(directory)
+    out = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if rel.parts[0] in NOT_PUBLISHED or any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            log.warning("not publishing %s: vortex publishes safetensors only", rel)
+            continue
+        out.append(rel.as_posix())
+    return out
+
+
+def _is_transient(exc: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):
+        return exc.response is not None and exc.response.status_code in TRANSIENT_STATUS
+    return isinstance(exc, _transport_errors())
+
+
+def with_retries(action: Callable[[], T], what: str, *, tries: int = 3, backoff: float = 2.0) -> T:
+    """Run `action`, retrying transient Hub failures (5xx, 429, timeouts) with exponential backoff."""
+    attempt = 1
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if attempt >= tries or not _is_transient(exc):
+                raise
+            wait = backoff * 2 ** (attempt - 1)
+            log.warning(
+                "%s failed (%s); retrying in %.0fs (try %d of %d)",
+                what,
+                str(exc).splitlines()[0],
+                wait,
+                attempt + 1,
+                tries,
+            )
+            time.sleep(wait)
+            attempt += 1
+
+
+def publish(
+    directory: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    split: int | str | None = None,
+    token: str | None = None,
+    tries: int = 3,
+    backoff: float = 2.0,
+    trust_code: Sequence[str] = (),
+) -> Published:
+    """Push a checkpoint directory to a Hub model repo in one commit.
+
+    Creates the repo if needed (and the branch `revision`), uploads every file but training
+    state and logs, with README.md rendered fresh for `repo_id`. Transient failures are retried;
+    if the push still fails the directory is left as it was. `split` first re-cuts the
+    halves in the directory at that split (they are written there too when missing).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from vortex.hub.cards import render_card, write_card
+
+    root = Path(directory)
+    read_config(root)
+    if split is not None or not all((root / p / WEIGHTS).is_file() for p in PARTS):
+        _recut(root, split, trust_code)
+        write_card(root)
+    meta = read_meta(root)
+    card = str(render_card(root, repo_id)).encode()
+    files = files_to_publish(root)
+    files = files if CARD in files else sorted([*files, CARD])
+    size = sum(len(card) if f == CARD else (root / f).stat().st_size for f in files)
+    api = HfApi(token=token)
+    message = commit_message or f"Upload vortex checkpoint ({len(files)} files)"
+
+    def push() -> Published:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # the user's namespace if none
+        if revision:
+            api.create_branch(repo, branch=revision, exist_ok=True)
+        ops = [CommitOperationAdd(f, card if f == CARD else str(root / f)) for f in files]  # fresh on each try
+        info = api.create_commit(repo, ops, commit_message=message, revision=revision)
+        return Published(repo, revision or "main", info.commit_url, files, size, meta.get("halves"))
+
+    try:
+        return with_retries(push, f"push to {repo_id}", tries=tries, backoff=backoff)
+    except (ValueError, *_hub_exceptions()) as exc:
+        raise HubError(
+            f"push of '{root}' to Hub repo '{repo_id}' failed: {_reason(exc)}. Nothing was removed: the "
+            f"checkpoint is still complete in {root}; run `vortex publish {root} --repo-id {repo_id}` "
+            "again"
+        ) from None
+
+
+def _hub_exceptions() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    return (HfHubHTTPError, OfflineModeIsEnabled, *_transport_errors())
+
+
+def _reason(exc: BaseException) -> str:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None and exc.response.status_code in (401, 403):
+        return f"{first} (log in with `hf auth login` or set HF_TOKEN to a token with write access)"
+    return first
+
+
+def _recut(root: Path, split: int | str | None, trust_code: Sequence[str] = ()) -> None:
+    """Write the halves of the checkpoint in `root` at `split` (default: its GPZ) and record them."""
+    from vortex.files import write_json
+
+    meta = read_meta(root)
+    model, spec, names = load_checkpoint(root, trust_code=trust_code)
+    sm = split_model(model, spec, names)
+    k = split if split is not None else gpz_index(meta)
+    if k is None:
+        raise HubError(f"'{root}' records no GPZ to cut the halves at: pass --split K")
+    meta["halves"] = write_halves(root, sm, spec, k)
+    write_json(root / META, meta)
+
+
+# Pull ----------------------------------------------------------------------------------------------------
+
+
+def pull(
+    repo_id: str, out: str | Path, part: str = "edge", *, revision: str | None = None, trust_code: Sequence[str] = ()
+) -> Path:
+    """Download one part ('edge', 'cloud' or 'full': the whole checkpoint) into `out` and verify it loads."""
+    if part not in (*PARTS, "full"):
+        raise VortexError(f"--part must be edge, cloud or full, not '{part}'")
+    path = download(repo_id, part, revision=revision, local_dir=out, trust_code=trust_code)
+    if part == "full":
+        load_checkpoint(path, trust_code=trust_code)
+    else:
+        load_half(path, part, trust_code=trust_code)
+    return path
+
+
+def folder_size(path: str | Path) -> tuple[int, int]:
+    """Number and total bytes of the files under `path` (hidden ones, e.g. the download cache, excluded)."""
+    files = [
+        p
+        for p in Path(path).rglob("*")
+        if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
+    ]
+    return len(files), sum(p.stat().st_size for p in files)

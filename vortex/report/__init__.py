@@ -1,0 +1,1 @@
+"""Plots and text tables of profiles, attacks and controller runs."""

@@ -1,0 +1,195 @@
+"""Closed-loop control of where the GPZ lands during training (`--target-gpz K`).
+
+Every `every` optimiser steps (doubling up to `max_every` while it stays on target) the
+controller profiles a held-out probe set with the same streaming statistics as `vortex probe`
+(all processes contributing), locates the GPZ on rho, and moves its levers
+(vortex/training/levers.py):
+
+- GPZ after K, or K's drop beaten by a later one: raise `pull` (tighten the classes at K);
+- GPZ before K, or K's drop beaten by an earlier one: raise `hold` (keep K-1 image-like);
+- on target with the margin: leave the levers as they are.
+
+The step is a factor 2**(gain * shortfall), clipped to [2**0.5, 4], where the shortfall is how
+far K's relative drop falls short of leading the largest other drop by the margin. If the
+probe accuracy falls more than `max_accuracy_drop` below the untargeted baseline in the second
+half of training, both levers are halved instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from vortex.core.gpz import locate_gpz
+from vortex.errors import VortexError
+from vortex.training.levers import Levers
+
+
+@dataclass
+class ControllerConfig:
+    """Recipe section `controller:`; all optional."""
+
+    every: int = 15  # optimiser steps between measurements while off target
+    max_every: int = 60  # the interval doubles up to this while it stays on target
+    probe_samples: int = 300  # held out from the training split for measuring
+    probe_batch_size: int = 300
+    pull: float = 2.0  # initial weight of rho(z_K)
+    hold: float = 0.0  # initial weight of the hold on rho(z_{K-1})
+    hold_start: float = 1.0  # first hold weight once the transition comes too early
+    hold_floor: float = 0.9  # the hold keeps rho at K-1 above this share of the highest rho before it
+    margin: float = 1.1  # K's drop must beat every other drop by this factor
+    gain: float = 4.0  # lever step 2**(gain * shortfall), clipped to x1.41..x4
+    max_weight: float = 64.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ControllerConfig:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise VortexError(f"unknown controller keys {sorted(set(d) - known)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def check_target(target: int, split_names: list[str]) -> None:
+    """Refuse a target the GPZ rule cannot place: it needs a split before K to drop from."""
+    last = len(split_names)
+    if not 2 <= target <= last:
+        raise VortexError(
+            f"--target-gpz {target} is outside the valid range 2..{last} for this model "
+            f"(splits: {', '.join(f'{i}={n}' for i, n in enumerate(split_names, 1))}); the GPZ starts at the "
+            "split after a drop, so split 1 cannot hold it"
+        )
+
+
+class GPZController:
+    """Measures the GPZ, moves the levers toward the target, keeps the history and the best point."""
+
+    def __init__(
+        self,
+        target: int,
+        split_names: list[str],
+        config: ControllerConfig,
+        baseline_accuracy: float | None = None,
+        max_accuracy_drop: float | None = None,
+    ):
+        check_target(target, split_names)
+        self.target, self.split_names, self.config = target, split_names, config
+        self.baseline_accuracy, self.max_accuracy_drop = baseline_accuracy, max_accuracy_drop
+        self.levers = Levers(pull=config.pull, hold=config.hold, hold_floor=0.0)  # floor set from measurements
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.interval, self.next_step = config.every, config.every
+
+    def due(self, step: int) -> bool:
+        """Whether to measure after optimiser step `step`."""
+        return step >= self.next_step
+
+    @property
+    def lever_splits(self) -> list[int]:
+        """The splits whose z the levers need in the loss: K-1 and K."""
+        return [self.target - 1, self.target]
+
+    def assess(self, rho: list[float]) -> dict[str, Any]:
+        """Where the GPZ is and how clearly K's drop leads (ratio >= margin means on target)."""
+        gpz = locate_gpz(rho, "rho")
+        drops, k = gpz["drops"], self.target - 2
+        others = [(d, i + 2) for i, d in enumerate(drops) if i != k]
+        runner_up, runner_split = max(others) if others else (0.0, self.target)
+        ratio = drops[k] / max(runner_up, 1e-6)
+        return {
+            "gpz": gpz["index"],
+            "zone": gpz["zone"],
+            "drops": drops,
+            "ratio": ratio,
+            "runner_up": runner_split,
+            "reached": gpz["index"] == self.target and ratio >= self.config.margin,
+        }
+
+    def observe(self, step: int, rho: list[float], accuracy: float, progress: float) -> dict[str, Any]:
+        """Record one measurement, move the levers, and return the logged decision."""
+        a = self.assess(rho)
+        cfg, lv = self.config, self.levers
+        lv.hold_floor = cfg.hold_floor * max(rho[: max(self.target - 2, 1)])
+        shortfall = (cfg.margin - a["ratio"]) / cfg.margin  # how far K's drop is from leading
+        factor = 2.0 ** min(max(cfg.gain * shortfall, 0.5), 2.0)
+        guard = (
+            self.baseline_accuracy is not None
+            and self.max_accuracy_drop is not None
+            and progress >= 0.5
+            and accuracy < self.baseline_accuracy - self.max_accuracy_drop
+        )
+        if guard:
+            lv.pull, lv.hold = lv.pull / 2, lv.hold / 2
+            decision = f"accuracy {accuracy:.3f} below baseline {self.baseline_accuracy:.3f}: halve both levers"
+        elif a["reached"]:
+            decision = "on target: keep levers"
+        elif a["gpz"] > self.target or (a["gpz"] == self.target and a["runner_up"] > self.target):
+            lv.pull = min(max(lv.pull, 0.25) * factor, cfg.max_weight)
+            decision = f"transition after K (largest drop at {a['gpz']}): pull x{factor:.2f}"
+        else:
+            lv.hold = min(max(lv.hold * factor, cfg.hold_start), cfg.max_weight)
+            decision = f"transition before K (drop at {a['runner_up']} competes): hold x{factor:.2f}"
+        steady = a["reached"] and bool(self.history) and self.history[-1]["reached"]
+        self.interval = min(self.interval * 2, cfg.max_every) if steady else cfg.every
+        self.next_step = step + self.interval
+        entry = {
+            "step": step,
+            "progress": round(progress, 4),
+            "gpz": a["gpz"],
+            "zone": a["zone"],
+            "ratio": a["ratio"],
+            "reached": a["reached"],
+            "accuracy": accuracy,
+            "rho": rho,
+            "drops": a["drops"],
+            "levers": lv.to_dict(),
+            "decision": decision,
+        }
+        self.history.append(entry)
+        return entry
+
+    def is_better(self, entry: dict[str, Any]) -> bool:
+        """Closer to K (then clearer, then later) than the best seen, and within the accuracy bound."""
+        if (
+            self.baseline_accuracy is not None
+            and self.max_accuracy_drop is not None
+            and entry["accuracy"] < self.baseline_accuracy - self.max_accuracy_drop
+        ):
+            return False
+        key = (-abs(entry["gpz"] - self.target), min(entry["ratio"], self.config.margin), entry["step"])
+        if self.best is None or key >= tuple(self.best["key"]):
+            self.best = {
+                "key": list(key),
+                "step": entry["step"],
+                "gpz": entry["gpz"],
+                "ratio": entry["ratio"],
+                "accuracy": entry["accuracy"],
+            }
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "levers": self.levers.to_dict(),
+            "history": self.history,
+            "best": self.best,
+            "interval": self.interval,
+            "next_step": self.next_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.levers = Levers(**state["levers"])
+        self.history, self.best = list(state["history"]), state["best"]
+        self.interval, self.next_step = state["interval"], state["next_step"]
+
+    def summary(self) -> dict[str, Any]:
+        """What vortex.json records: target, config, final levers and the history."""
+        return {
+            "target_gpz": self.target,
+            "config": asdict(self.config),
+            "levers": self.levers.to_dict(),
+            "baseline_accuracy": self.baseline_accuracy,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "best": self.best,
+            "history": self.history,
+        }

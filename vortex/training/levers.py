@@ -1,0 +1,75 @@
+"""Label-driven levers that move the feature-to-decision transition, applied in the training loss.
+
+- `alpha`: label smoothing (global, per class, or scheduled from `start` to `end`), through
+  `soft_target_loss`. It reshapes the label distribution everywhere at once: on its own it moves
+  the transition little (docs/science.md, "Training dynamics").
+- `pull`: weight of rho(z_K) of the batch, computed with its labels: tightens the class clouds
+  at split K, so the collapse happens there.
+- `hold`: weight of max(0, floor - rho(z_{K-1})): keeps split K-1 feature-level, so the
+  collapse is not already complete before K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vortex.errors import VortexError
+
+
+def batch_rho(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Differentiable rho = mean_c R_c^2 / global variance of one batch (classes with < 2 samples skipped)."""
+    z = z.reshape(z.shape[0], -1).float()
+    onehot = F.one_hot(y, num_classes).float()
+    count = onehot.sum(0)
+    means = onehot.T @ z / count.clamp(min=1).unsqueeze(1)
+    within = (onehot.T @ (z - means[y]).pow(2).sum(1)) / count.clamp(min=1)
+    keep = count >= 2
+    if keep.sum() < 1:
+        return z.new_zeros(())
+    total = (z - z.mean(0)).pow(2).sum(1).mean()
+    return within[keep].mean() / (total + 1e-12)
+
+
+def smoothing_at(spec: Any, progress: float) -> float | torch.Tensor:
+    """The label-smoothing alpha at `progress` in [0, 1] of training.
+
+    `spec` is a number, a list (one alpha per class), or {"start": a, "end": b} (linear schedule).
+    """
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"start", "end"}
+        if unknown:
+            raise VortexError(f"label_smoothing schedule takes 'start' and 'end', not {sorted(unknown)}")
+        start, end = float(spec.get("start", 0.0)), float(spec.get("end", spec.get("start", 0.0)))
+        return start + (end - start) * min(max(progress, 0.0), 1.0)
+    if isinstance(spec, (list, tuple)):
+        return torch.tensor([float(a) for a in spec])
+    return float(spec)
+
+
+@dataclass
+class Levers:
+    """Current weights of the layer-targeted levers."""
+
+    pull: float = 0.0
+    hold: float = 0.0
+    hold_floor: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def lever_loss(
+    zs: list[torch.Tensor], y: torch.Tensor, num_classes: int, target: int | None, levers: Levers
+) -> torch.Tensor:
+    """The extra loss at split `target` (zs holds z at splits target-1 and target, in that order)."""
+    if target is None or (levers.pull == 0 and levers.hold == 0):
+        return y.new_zeros((), dtype=torch.float32)
+    *before, at = zs
+    loss = levers.pull * batch_rho(at, y, num_classes)
+    if before and levers.hold:
+        loss = loss + levers.hold * F.relu(levers.hold_floor - batch_rho(before[0], y, num_classes))
+    return loss

@@ -1,0 +1,561 @@
+"""The Accelerate training loop behind `vortex train` and `accelerate launch vortex/train.py`.
+
+    accelerate launch vortex/train.py --recipe recipes/cnn_digits.yaml --output_dir runs/cnn
+    accelerate launch vortex/train.py --target-gpz 6 --output_dir runs/gpz6   # land the GPZ at split 6
+    vortex train --recipe recipes/cnn_digits.yaml --output_dir runs/cnn        # the same program
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 vortex/train.py ...       # 2 CPU processes
+
+The checkpoint holds model.safetensors, config.json, vortex.json (splits, final profile,
+controller history) and profile.json / profile.png (and vortex.png with a target). Training
+state goes to OUTPUT_DIR/state/ every epoch (or every --checkpointing_steps steps);
+--resume_from_checkpoint latest continues from the newest one, controller included.
+
+With --target-gpz K a controller (vortex/training/controller.py) measures the GPZ on a probe set held
+out from the training split every few steps and moves label-driven levers until the GPZ
+starts at split K. rho is only the prediction: at the end an inversion attack checks splits K-1
+and K, and the target counts as reached only when the rho transition is at K *and* split K resists
+the attack (MSE >= --privacy-mse). The run exits with status 3 if the saved model misses either, or
+loses more than --max-accuracy-drop test accuracy against an untargeted run of the same recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from safetensors.torch import load_model, save_model
+
+from vortex.core.probe import collect_stats, profile_model
+from vortex.data import data_shape, load_data, make_loader, num_classes, take
+from vortex.distributed import sync_buffers
+from vortex.errors import VortexError
+from vortex.files import write_atomic, write_json
+from vortex.hub.checkpoint import save_checkpoint
+from vortex.hub.layout import is_checkpoint, read_meta
+from vortex.hub.loading import resolve_spec
+from vortex.models import build_model, split_model
+from vortex.report.plots import plot_reconstructions, plot_vortex
+from vortex.report.tables import profile_table
+from vortex.training.config import load_recipe
+from vortex.training.controller import ControllerConfig, GPZController, check_target
+from vortex.training.levers import lever_loss, smoothing_at
+from vortex.training.loss import soft_target_loss
+from vortex.training.privacy import RECOGNISABLE_MSE, PrivacyCriterion, verify_privacy
+
+TARGET_MISSED = 3
+RUN_STATE = "vortex_state.json"  # vortex's part of a saved training state (controller, run fingerprint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vortex train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--recipe", help="YAML recipe from recipes/ (default: recipes/cnn_digits.yaml)")
+    p.add_argument("--output_dir", "--output-dir", required=True, help="where the checkpoint is written")
+    p.add_argument(
+        "--target-gpz",
+        "--target_gpz",
+        type=int,
+        help="split K where the GPZ should start (2..L); turns on the controller",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        "--max_accuracy_drop",
+        type=float,
+        default=0.02,
+        help="with --target-gpz: largest test-accuracy loss allowed against the untargeted run "
+        "(default 0.02 = 2 points)",
+    )
+    p.add_argument(
+        "--privacy-mse",
+        "--privacy_mse",
+        type=float,
+        default=RECOGNISABLE_MSE,
+        help="with --target-gpz: the attack MSE (images in [0, 1]) split K must reach to count as protected "
+        f"(default {RECOGNISABLE_MSE}, below which reconstructions are recognisable)",
+    )
+    p.add_argument(
+        "--privacy-attack",
+        "--privacy_attack",
+        default="decoder",
+        choices=("decoder", "enhanced"),
+        help="with --target-gpz: the inversion attack that checks split K (default: decoder)",
+    )
+    p.add_argument(
+        "--baseline",
+        default="auto",
+        help="with --target-gpz: the untargeted run to compare accuracy with: a checkpoint directory, "
+        "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'",
+    )
+    p.add_argument("--model", help="override the recipe's model (built-in name or package.module:function)")
+    p.add_argument(
+        "--trust-code",
+        "--trust_code",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:FUNCTION",
+        help="allow a recipe that names this custom architecture to import it (repeatable); a --model "
+        "given on the command line is trusted as it is",
+    )
+    p.add_argument("--dataset", help="override the recipe's data set")
+    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--lr", type=float, help="override the optimiser's learning rate")
+    p.add_argument(
+        "--label_smoothing",
+        "--label-smoothing",
+        type=float,
+        help="smoothing alpha in (-inf, 1): 1-alpha on the true class; negative is allowed",
+    )
+    p.add_argument("--max_train_samples", "--max-train-samples", type=int, help="train on the first N samples")
+    p.add_argument(
+        "--checkpointing_steps",
+        "--checkpointing-steps",
+        default="epoch",
+        help="save the training state every N steps, or 'epoch' (default)",
+    )
+    p.add_argument(
+        "--resume_from_checkpoint",
+        "--resume-from-checkpoint",
+        help="a state directory under OUTPUT_DIR/state, or 'latest'",
+    )
+    p.add_argument(
+        "--with_tracking",
+        "--with-tracking",
+        action="store_true",
+        help="log loss, accuracy, levers and GPZ through Accelerator(log_with=...)",
+    )
+    p.add_argument(
+        "--report_to",
+        "--report-to",
+        default="tensorboard",
+        help="tracker for --with_tracking (tensorboard works offline; 'all' for every installed one)",
+    )
+    p.add_argument(
+        "--push_to_hub",
+        "--push-to-hub",
+        action="store_true",
+        help="publish the checkpoint to the Hub when training ends (same as `vortex publish`)",
+    )
+    p.add_argument(
+        "--hub_model_id",
+        "--hub-model-id",
+        help="ORG/NAME of the Hub repo for --push_to_hub (default: OUTPUT_DIR's name in your namespace)",
+    )
+    p.add_argument("--hub_private_repo", "--hub-private-repo", action="store_true", help="create the Hub repo private")
+    p.add_argument("--hub_revision", "--hub-revision", help="branch to push to (default: main)")
+    p.add_argument("--holdout-probe", action="store_true", help=argparse.SUPPRESS)  # set for baseline runs
+    return p
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    cfg = dict(cfg)
+    name, lr, wd = cfg.pop("name", "adamw"), float(cfg.pop("lr", 1e-3)), float(cfg.pop("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=float(cfg.get("momentum", 0.9)))
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+
+
+def find_resume_dir(output_dir: Path, arg: str) -> Path:
+    """The state directory to resume from: the newest complete one under OUTPUT_DIR/state for 'latest'."""
+    if arg != "latest":
+        path = Path(arg)
+        if not (path / RUN_STATE).is_file():
+            raise VortexError(
+                f"--resume_from_checkpoint {arg}: not a complete vortex training state (no {RUN_STATE}); "
+                f"pass a step_N directory under {output_dir / 'state'} or 'latest'"
+            )
+        return path
+    candidates = sorted(
+        (
+            p
+            for p in (output_dir / "state").glob("step_*")
+            if re.fullmatch(r"step_\d+", p.name) and (p / RUN_STATE).is_file()
+        ),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    if not candidates:
+        raise VortexError(f"--resume_from_checkpoint latest: no complete saved state under {output_dir / 'state'}")
+    return candidates[-1]
+
+
+def run_fingerprint(recipe: dict, target: int | None, max_accuracy_drop: float) -> str:
+    """A hash of everything that decides a run's trajectory: a state resumes only into the same run."""
+    settings = {"recipe": recipe, "target_gpz": target, "max_accuracy_drop": max_accuracy_drop}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_training_state(accelerator: Accelerator, output_dir: Path, step: int, run_state: dict) -> None:
+    """Save Accelerate's state and vortex's own (JSON, never pickle) into state/step_N as one unit:
+    written beside it and renamed into place, so an interrupted save leaves no step_N behind."""
+    final, partial = output_dir / "state" / f"step_{step}", output_dir / "state" / f".step_{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(partial / RUN_STATE, run_state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+    accelerator.wait_for_everyone()
+
+
+def read_run_state(state_dir: Path, fingerprint: str) -> dict:
+    """vortex's JSON state saved with `state_dir`, refused when it belongs to another run."""
+    try:
+        saved = json.loads((state_dir / RUN_STATE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VortexError(
+            f"cannot read {state_dir / RUN_STATE} ({exc}); resume from another state or start afresh"
+        ) from None
+    foreign = sorted(p.name for p in state_dir.glob("custom_checkpoint_*"))
+    if foreign:
+        raise VortexError(
+            f"{state_dir} holds {', '.join(foreign)}: pickled state that vortex never writes and will "
+            "not load (it could run code); resume from a state written by this vortex version"
+        )
+    if saved.get("fingerprint") != fingerprint:
+        raise VortexError(
+            f"{state_dir} was saved by a run with other settings (recipe, data or target); resuming "
+            "it would mix two runs. Use the settings of that run, or another --output_dir"
+        )
+    return saved
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        out = model(x)
+        pred = accelerator.gather_for_metrics((out[0] if isinstance(out, tuple) else out).argmax(1))
+        y = accelerator.gather_for_metrics(y)
+        correct += int((pred == y).sum())
+        total += len(y)
+    model.train()
+    return correct / max(total, 1)
+
+
+def baseline_accuracy(args: argparse.Namespace, output_dir: Path) -> tuple[Path | None, float | None]:
+    """The untargeted run to guard accuracy against: its directory and test accuracy."""
+    if args.baseline == "none":
+        return None, None
+    base_dir = output_dir / "baseline" if args.baseline == "auto" else Path(args.baseline)
+    if args.baseline == "auto" and not is_checkpoint(base_dir):
+        base_args = copy.copy(args)
+        base_args.output_dir, base_args.target_gpz, base_args.holdout_probe = str(base_dir), None, True
+        base_args.resume_from_checkpoint = "latest" if (base_dir / "state").is_dir() else None
+        base_args.with_tracking = base_args.push_to_hub = False
+        train(base_args)
+    meta = base_dir / "vortex.json"
+    if not meta.is_file():
+        raise VortexError(
+            f"--baseline {base_dir} is not a vortex checkpoint with a vortex.json; train one "
+            "without --target-gpz, or pass --baseline auto"
+        )
+    return base_dir, float(json.loads(meta.read_text())["test_accuracy"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return train(build_parser().parse_args(argv))
+
+
+def train(args: argparse.Namespace) -> int:
+    recipe = load_recipe(
+        args.recipe,
+        model=args.model,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        seed=args.seed,
+        label_smoothing=args.label_smoothing,
+        max_train_samples=args.max_train_samples,
+    )
+    if args.lr is not None:
+        recipe.optimizer["lr"] = args.lr
+    output_dir = Path(args.output_dir)
+    target = args.target_gpz
+    ctrl_cfg = ControllerConfig.from_dict(recipe.controller)
+
+    # Data and model; with a target, a probe set is held out of the training split
+    data = load_data(recipe.dataset)  # the fixed default split: every command sees the same test set
+    train_ds, test_ds = take(data["train"], recipe.max_train_samples), data["test"]
+    probe_ds = None
+    if target is not None or args.holdout_probe:
+        parts = train_ds.train_test_split(test_size=ctrl_cfg.probe_samples, seed=0, stratify_by_column="label")
+        train_ds, probe_ds = parts["train"], parts["test"]
+    channels, height, _ = data_shape(train_ds)
+    k_classes = num_classes(train_ds)
+    spec = resolve_spec(
+        recipe.model,
+        num_classes=k_classes,
+        data_channels=channels,
+        data_size=height,
+        image_size=recipe.image_size,
+        channels=recipe.channels,
+        options=recipe.model_options,
+    )
+    trusted = [*args.trust_code, *([args.model] if args.model else [])]  # what the user named, not a file
+    criterion = PrivacyCriterion(min_mse=args.privacy_mse, attack=args.privacy_attack)
+    base_dir, base_acc = None, None
+    if target is not None:  # refuse a bad target before any training (the baseline's included) starts
+        check_target(target, [s.name for s in split_model(build_model(spec, trust_code=trusted), spec).splits])
+        base_dir, base_acc = baseline_accuracy(args, output_dir)
+    set_seed(recipe.seed)
+    model = build_model(spec, trust_code=trusted)
+    sm = split_model(model, spec)
+    split_names = [s.name for s in sm.splits]
+
+    accelerator = Accelerator(
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    size, chans = spec.image_size, spec.in_channels
+    train_loader = make_loader(
+        train_ds, recipe.batch_size, image_size=size, channels=chans, shuffle=True, seed=recipe.seed
+    )
+    test_loader = make_loader(test_ds, 256, image_size=size, channels=chans)
+
+    controller = None
+    if target is not None:  # accuracy guard: held-out probe accuracy vs the baseline's test accuracy
+        controller = GPZController(
+            target, split_names, ctrl_cfg, base_acc, args.max_accuracy_drop if base_acc is not None else None
+        )
+        accelerator.print(
+            f"controller: target GPZ at split {target} ({split_names[target - 1]}), measuring every "
+            f"{ctrl_cfg.every}-{ctrl_cfg.max_every} steps on {len(probe_ds)} held-out samples"
+            + (f"; baseline test accuracy {base_acc:.4f}" if base_acc is not None else "")
+        )
+
+    # Train through a tap of the model that also returns z at the levers' splits
+    net = sm.tap(controller.lever_splits if controller else [])
+    optimizer = make_optimizer(net, recipe.optimizer)
+    total_steps = recipe.epochs * math.ceil(len(train_loader) / accelerator.num_processes)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+        if recipe.scheduler == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    )
+    net, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
+        net, optimizer, train_loader, test_loader, scheduler
+    )
+    steps_per_epoch = len(train_loader)
+
+    if args.with_tracking:
+        accelerator.init_trackers(
+            "vortex", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        )
+
+    def measure(step: int) -> None:
+        """Profile the probe set (every process a shard), let the controller decide, keep the best weights."""
+        sync_buffers(model)  # batch-norm statistics as rank 0 has them
+        stats, acc = collect_stats(
+            sm,
+            probe_ds,
+            num_classes=k_classes,
+            image_size=size,
+            channels=chans,
+            batch_size=ctrl_cfg.probe_batch_size,
+            progress=False,
+            sketch_dim=recipe.probe.get("sketch_dim"),
+        )
+        entry = controller.observe(step, [s.summary().rho for s in stats], acc, step / max(total_steps, 1))
+        accelerator.print(
+            f"step {step}: GPZ {entry['gpz']} (target {target}, lead {entry['ratio']:.2f}), "
+            f"probe accuracy {acc:.3f} -> {entry['decision']}"
+        )
+        if args.with_tracking:
+            accelerator.log(
+                {
+                    "gpz": entry["gpz"],
+                    "lever/pull": entry["levers"]["pull"],
+                    "lever/hold": entry["levers"]["hold"],
+                    "probe_accuracy": acc,
+                },
+                step=step,
+            )
+        if controller.is_better(entry) and accelerator.is_main_process:
+            write_atomic(output_dir / "best" / "model.safetensors", lambda tmp: save_model(model, tmp))
+
+    # Resume: vortex's JSON state says how many optimiser steps were done and holds the controller
+    fingerprint = run_fingerprint(recipe.to_dict(), target, args.max_accuracy_drop)
+
+    def save_state(step: int) -> None:
+        save_training_state(
+            accelerator,
+            output_dir,
+            step,
+            {"fingerprint": fingerprint, "step": step, "controller": controller.state_dict() if controller else None},
+        )
+
+    step = 0
+    if args.resume_from_checkpoint:
+        state_dir = find_resume_dir(output_dir, args.resume_from_checkpoint)
+        saved = read_run_state(state_dir, fingerprint)
+        accelerator.print(f"resuming from {state_dir}")
+        accelerator.load_state(str(state_dir))  # Accelerate's files: safetensors and weights_only loads
+        step = int(saved["step"])
+        if controller:
+            controller.load_state_dict(saved["controller"])
+        done = read_meta(output_dir) if is_checkpoint(output_dir) else {}
+        if step >= total_steps and done.get("fingerprint") == fingerprint:
+            accelerator.print(
+                f"{output_dir} holds this run, finished: nothing to resume (test accuracy {done['test_accuracy']:.4f})"
+            )
+            accelerator.end_training()
+            return TARGET_MISSED if done.get("target_reached") is False else 0
+
+    every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
+    start_epoch, skip = divmod(step, steps_per_epoch)
+    accuracy, started, measuring = None, time.perf_counter(), 0.0
+    net.train()
+    for epoch in range(start_epoch, recipe.epochs):
+        train_loader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, skip) if epoch == start_epoch and skip else train_loader
+        running, batches = 0.0, 0
+        for x, y in loader:
+            out, *zs = net(x)
+            loss = soft_target_loss(out, y, smoothing_at(recipe.label_smoothing, step / max(total_steps, 1)))
+            if controller:
+                loss = loss + lever_loss(zs, y, k_classes, target, controller.levers)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            running, batches = running + loss.item(), batches + 1
+            if controller and controller.due(step):
+                t0 = time.perf_counter()
+                measure(step)
+                measuring += time.perf_counter() - t0
+            if every and step % every == 0:
+                save_state(step)
+        accuracy = evaluate(net, test_loader, accelerator)
+        accelerator.print(
+            f"epoch {epoch + 1}/{recipe.epochs}: loss {running / max(batches, 1):.4f}, test accuracy {accuracy:.4f}"
+        )
+        if args.with_tracking:
+            accelerator.log({"train_loss": running / max(batches, 1), "test_accuracy": accuracy}, step=step)
+        if every is None:
+            save_state(step)
+    train_time = time.perf_counter() - started
+    if accuracy is None:  # resumed after the last epoch (e.g. interrupted while profiling): measure it again
+        accuracy = evaluate(net, test_loader, accelerator)
+
+    # With a target: finish on a measurement; fall back to the best weights if the end missed it
+    if controller:
+        if not controller.history or controller.history[-1]["step"] != step:
+            measure(step)
+        if not controller.history[-1]["reached"] and controller.best and controller.best["step"] != step:
+            accelerator.wait_for_everyone()
+            load_model(model, str(output_dir / "best" / "model.safetensors"))
+            accelerator.print(
+                f"target missed at the end: restoring the closest point, step {controller.best['step']} "
+                f"(GPZ {controller.best['gpz']})"
+            )
+            accuracy = evaluate(net, test_loader, accelerator)
+
+    # Profile the saved model on held-out test data (every process takes a shard), then save
+    accelerator.wait_for_everyone()
+    probe = recipe.probe
+    profile = profile_model(
+        sm,
+        test_ds,
+        model_name=str(output_dir),
+        dataset_name=recipe.dataset,
+        image_size=size,
+        channels=chans,
+        batch_size=int(probe.get("batch_size", 256)),
+        max_samples=probe.get("max_samples"),
+        sketch_dim=probe.get("sketch_dim"),
+    )
+    meta = {
+        "recipe": recipe.to_dict(),
+        "fingerprint": fingerprint,
+        "test_accuracy": accuracy,
+        "train_seconds": train_time,
+        "profile": profile,
+        "gpz": profile["gpz"],
+    }
+    status, verdict = 0, ""
+    if controller:
+        reached = profile["gpz"]["index"]
+        meta.update(
+            {
+                "target_gpz": target,
+                "reached_gpz": reached,
+                "measure_seconds": measuring,
+                "baseline": {"dir": str(base_dir) if base_dir else None, "test_accuracy": base_acc},
+                "controller": controller.summary(),
+            }
+        )
+        # rho is the prediction; an inversion attack at K-1 and K decides (vortex/training/privacy.py)
+        privacy, attacks = verify_privacy(
+            sm,
+            target,
+            reached,
+            train_ds,
+            test_ds,
+            criterion,
+            num_classes=k_classes,
+            image_size=size,
+            channels=chans,
+            device=accelerator.device,
+            seed=recipe.seed,
+        )
+        meta["privacy"] = privacy.to_dict()
+        problems = [privacy.problem()] if privacy.problem() else []
+        if base_acc is not None and accuracy < base_acc - args.max_accuracy_drop:
+            problems.append(
+                f"test accuracy {accuracy:.4f} is more than {args.max_accuracy_drop:.3f} below the "
+                f"untargeted run's {base_acc:.4f}"
+            )
+        status = TARGET_MISSED if problems else 0
+        verdict = (
+            "TARGET MISSED: " + "; ".join(problems) + f". {privacy.summary()}. The checkpoint is saved anyway."
+            if problems
+            else f"target reached: rho transition at split {target} and split {target} resists inversion "
+            f"({privacy.summary()}), test accuracy {accuracy:.4f}"
+            + (f" (untargeted {base_acc:.4f})" if base_acc is not None else "")
+        )
+        meta["target_reached"] = not problems
+    if accelerator.is_main_process:
+        if controller:  # before the checkpoint, so its model card shows them
+            plot_vortex(controller.summary(), split_names, output_dir / "vortex.png")
+            for a in attacks:
+                plot_reconstructions(
+                    a.originals,
+                    a.recons,
+                    output_dir / "privacy" / f"recon_split{a.index}.png",
+                    title=f"split {a.index} ({a.name}): attack MSE {a.metrics['mse']:.4f}",
+                )
+        save_checkpoint(output_dir, model, spec, split_names, meta=meta)  # + profile.json/png, halves, card
+        accelerator.print(profile_table(profile))
+        if verdict:
+            accelerator.print(verdict)
+        accelerator.print(f"checkpoint written to {output_dir}")
+    accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:  # the checkpoint is complete on disk first
+        from vortex.hub.repo import publish
+
+        done = publish(
+            output_dir,
+            args.hub_model_id or output_dir.resolve().name,
+            private=args.hub_private_repo,
+            revision=args.hub_revision,
+            trust_code=trusted,
+        )
+        accelerator.print(done.summary(output_dir))
+    return status

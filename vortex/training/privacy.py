@@ -1,0 +1,130 @@
+"""The privacy verdict of a `--target-gpz K` run: the rho transition is only a prediction, so split
+K counts as protected only when an inversion attack fails there.
+
+The attack is vortex's black-box decoder attack (standardised z plus its residual from the
+nearest class-like cluster, so a model cannot pass by rescaling z) trained on images of the
+training split, the most informed attacker of that kind, and scored on held-out test images.
+Split K is protected when its attack MSE (per element, images in [0, 1]) is at least
+`min_mse` (default 0.02, the level below which reconstructions are taken as recognisable);
+split K-1 is attacked too, to show where the protection starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import datasets
+import torch
+
+from vortex.attacks.base import AttackConfig
+from vortex.attacks.sweep import SplitAttack, attack_splits
+from vortex.core.splits import SplitModel
+from vortex.data import take
+from vortex.errors import VortexError
+
+RECOGNISABLE_MSE = 0.02
+
+
+@dataclass
+class PrivacyCriterion:
+    """When split K counts as protected, and the attack that decides it."""
+
+    min_mse: float = RECOGNISABLE_MSE
+    attack: str = "decoder"
+    epochs: int = 30
+    aux_samples: int = 2000
+    private_samples: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_mse < 1:
+            raise VortexError(
+                f"--privacy-mse must be between 0 and 1 (attack MSE on [0, 1] images), got {self.min_mse}"
+            )
+        if self.attack not in ("decoder", "enhanced"):
+            raise VortexError(f"--privacy-attack must be 'decoder' or 'enhanced', not '{self.attack}'")
+
+
+@dataclass
+class PrivacyVerdict:
+    """What the attack found at splits K-1 and K, and whether the target is reached."""
+
+    target: int
+    rho_gpz: int
+    criterion: PrivacyCriterion
+    splits: list[dict[str, Any]] = field(default_factory=list)  # attack.json records, K-1 then K
+
+    @property
+    def mse_at_target(self) -> float:
+        return next(s["mse"] for s in self.splits if s["index"] == self.target)
+
+    @property
+    def protected(self) -> bool:
+        """Split K resists the attack."""
+        return self.mse_at_target >= self.criterion.min_mse
+
+    @property
+    def reached(self) -> bool:
+        """Both: the rho transition is at K and split K resists the attack."""
+        return self.rho_gpz == self.target and self.protected
+
+    def problem(self) -> str | None:
+        """One clause saying why the target is missed, or None."""
+        k, mse, line = self.target, self.mse_at_target, self.criterion.min_mse
+        leak = f"split {k} still leaks (attack MSE {mse:.4f} < {line})"
+        if self.rho_gpz != k and not self.protected:
+            return f"rho transition at split {self.rho_gpz}, not {k}, and {leak}"
+        if self.rho_gpz != k:
+            return f"rho transition at split {self.rho_gpz}, not {k} (split {k} resists: attack MSE {mse:.4f})"
+        if not self.protected:
+            return f"rho transition at {k} but {leak}"
+        return None
+
+    def summary(self) -> str:
+        """Attack MSE at K-1 and K, one line."""
+        parts = [f"split {s['index']} MSE {s['mse']:.4f}" for s in self.splits]
+        return f"{self.criterion.attack} attack: " + ", ".join(parts) + f" (protected at >= {self.criterion.min_mse})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """What vortex.json records under `privacy`."""
+        return {
+            "target": self.target,
+            "rho_gpz": self.rho_gpz,
+            "criterion": asdict(self.criterion),
+            "splits": self.splits,
+            "protected": self.protected,
+            "reached": self.reached,
+        }
+
+
+def verify_privacy(
+    sm: SplitModel,
+    target: int,
+    rho_gpz: int,
+    aux: datasets.Dataset,
+    private: datasets.Dataset,
+    criterion: PrivacyCriterion,
+    *,
+    num_classes: int,
+    image_size: int,
+    channels: int,
+    device: torch.device,
+    seed: int = 0,
+) -> tuple[PrivacyVerdict, list[SplitAttack]]:
+    """Attack splits K-1 and K of the trained model; every process takes part when there are several."""
+    config = AttackConfig(
+        attack=criterion.attack, epochs=criterion.epochs, seed=seed, progress=False, clusters=num_classes
+    )
+    splits = [k for k in (target - 1, target) if k >= 1]
+    attacks = attack_splits(
+        sm,
+        take(private, criterion.private_samples, seed=seed),
+        aux,
+        splits,
+        config,
+        image_size=image_size,
+        channels=channels,
+        aux_samples=criterion.aux_samples,
+        device=device,
+    )
+    return PrivacyVerdict(target, rho_gpz, criterion, [a.record() for a in attacks]), attacks
