@@ -157,3 +157,66 @@ def test_resuming_a_finished_run_keeps_its_numbers(run, tmp_path, capsys):
     assert train(["--recipe", str(recipe), "--output_dir", str(done), "--resume_from_checkpoint", "latest"]) == 0
     assert "holds this run, finished" in capsys.readouterr().out
     assert (done / "vortex.json").read_bytes() == before and last == 4
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory):
+    from hub_helpers import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("other") / "ckpt", seed=1)
+
+
+@pytest.mark.parametrize("layout", ["checkpoint", "pulled"])  # pulled: config.json + edge/ only
+def test_a_half_from_another_run_is_refused(tiny_checkpoint, other_checkpoint, tmp_path, layout):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    if layout == "pulled":
+        for name in ckpt.iterdir():
+            if name.name not in ("config.json", "edge"):
+                shutil.rmtree(name) if name.is_dir() else name.unlink()
+    shutil.rmtree(ckpt / "edge")
+    shutil.copytree(other_checkpoint / "edge", ckpt / "edge")
+    with pytest.raises(VortexError, match=r"belongs to another checkpoint: config.json records other edge weights"):
+        from_pretrained(ckpt, part="edge")
+
+
+def test_a_replaced_half_file_is_refused_by_its_hash(tiny_checkpoint, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    weights = ckpt / "cloud" / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:  # same tensors and metadata, other values
+        tensors, metadata = {k: f.get_tensor(k) * 1.01 for k in f.keys()}, f.metadata()
+    save_file(tensors, str(weights), metadata=metadata)
+    with pytest.raises(VortexError, match=r"model.safetensors' does not match the hash in cloud/config.json"):
+        load_half(ckpt, "cloud")
+
+
+def test_halves_cut_from_other_full_weights_are_refused(tiny_checkpoint, other_checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    shutil.copy(other_checkpoint / "model.safetensors", ckpt / "model.safetensors")
+    config = json.loads((ckpt / "config.json").read_text())
+    config.pop("halves_sha256")  # even without the top-level record the full weights give it away
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VortexError, match=r"was cut from other weights than"):
+        load_half(ckpt, "edge")
+
+
+def test_halves_record_their_hashes(tiny_checkpoint):
+    from vortex.hub.checkpoint import file_sha256
+
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    for part in ("edge", "cloud"):
+        digest = file_sha256(tiny_checkpoint / part / "model.safetensors")
+        assert config["halves_sha256"][part] == digest
+        half = json.loads((tiny_checkpoint / part / "config.json").read_text())
+        assert half["sha256"] == {"weights": digest, "model": file_sha256(tiny_checkpoint / "model.safetensors")}
+    import hashlib
+
+    assert (
+        file_sha256(tiny_checkpoint / "config.json")
+        == hashlib.sha256((tiny_checkpoint / "config.json").read_bytes()).hexdigest()
+    )

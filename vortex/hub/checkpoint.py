@@ -5,6 +5,8 @@ The files are listed in vortex/hub/layout.py.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -62,9 +64,16 @@ def save_checkpoint(
         meta.pop("halves", None)
     else:
         meta["halves"] = write_halves(out, sm, spec, k)
+    config_halves = {"halves_sha256": meta["halves"]["sha256"]} if meta.get("halves") else {}
     write_json(
         out / CONFIG,
-        {"model_type": "vortex", "vortex_version": __version__, **spec.to_dict(), "split_points": split_names},
+        {
+            "model_type": "vortex",
+            "vortex_version": __version__,
+            **spec.to_dict(),
+            "split_points": split_names,
+            **config_halves,
+        },
     )
     write_json(out / META, meta)
     if "profile" in meta:
@@ -94,12 +103,13 @@ def write_halves(out_dir: str | Path, sm: SplitModel, spec: ModelSpec, split: in
         "z_bytes": 4 * math.prod(z_shape),
         "output_shape": [spec.num_classes],
     }
-    params = {}
+    params, digests = {}, {"model": file_sha256(out / WEIGHTS)}
     for part in PARTS:
         module = sm.edge(k) if part == "edge" else sm.cloud(k)
         params[part] = sum(p.numel() for p in module.parameters())
         metadata = {"vortex_version": __version__, "part": part, "split": str(k), "split_name": info["name"]}
         write_atomic(out / part / WEIGHTS, lambda tmp, m=module, md=metadata: save_model(m, tmp, metadata=md))
+        digests[part] = file_sha256(out / part / WEIGHTS)
         write_json(
             out / part / CONFIG,
             {
@@ -110,9 +120,10 @@ def write_halves(out_dir: str | Path, sm: SplitModel, spec: ModelSpec, split: in
                 "split_points": [s.name for s in sm.splits],
                 "split": info,
                 "params": params[part],
+                "sha256": {"weights": digests[part], "model": digests["model"]},
             },
         )
-    return {**info, "edge_params": params["edge"], "cloud_params": params["cloud"]}
+    return {**info, "edge_params": params["edge"], "cloud_params": params["cloud"], "sha256": digests}
 
 
 def load_checkpoint(path: str | Path, *, trust_code: Sequence[str] = ()) -> tuple[nn.Module, ModelSpec, list[str]]:
@@ -162,8 +173,47 @@ def load_half(path: str | Path, part: str, *, trust_code: Sequence[str] = ()) ->
             f"the {part} half in '{path}' does not match split {k} ({recorded['name']}): missing "
             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    verify_binding(Path(path), part, config)
     verify_half(module, recorded, part)
     return module.eval()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_binding(path: Path, part: str, config: dict[str, Any]) -> None:
+    """Check that the `part` half's weights are the ones written with this checkpoint: its file
+    against the hash in its config, and both against the checkpoint's config.json and full weights."""
+    recorded = config.get("sha256") or {}
+    weights = path / part / WEIGHTS
+    if not recorded.get("weights"):
+        raise VortexError(f"'{path / part / CONFIG}' records no weights hash; re-save the checkpoint with this vortex")
+    got = file_sha256(weights)
+    if got != recorded["weights"]:
+        raise VortexError(
+            f"'{weights}' does not match the hash in {part}/{CONFIG} ({got[:12]} vs "
+            f"{recorded['weights'][:12]}): the file was changed or replaced; download or save it again"
+        )
+    top = read_config(path) if (path / CONFIG).is_file() and (path / WEIGHTS).is_file() else None
+    if top is None and (path / CONFIG).is_file():
+        top = json.loads((path / CONFIG).read_text())
+    expected = (top or {}).get("halves_sha256") or {}
+    if expected and (expected.get(part), expected.get("model")) != (got, recorded.get("model")):
+        raise VortexError(
+            f"'{path / part}' belongs to another checkpoint: {CONFIG} records other {part} weights "
+            f"({str(expected.get(part))[:12]} vs {got[:12]}); pull or save the halves again"
+        )
+    if (path / WEIGHTS).is_file() and file_sha256(path / WEIGHTS) != recorded.get("model"):
+        raise VortexError(
+            f"'{path / part}' was cut from other weights than '{path / WEIGHTS}'; re-cut the halves "
+            "with `vortex publish DIR --split K` or save the checkpoint again"
+        )
 
 
 def verify_half(module: nn.Module, recorded: dict[str, Any], part: str) -> None:

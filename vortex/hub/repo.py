@@ -427,6 +427,8 @@ def _recut(root: Path, split: int | str | None, trust_code: Sequence[str] = ()) 
     if k is None:
         raise HubError(f"'{root}' records no GPZ to cut the halves at: pass --split K")
     meta["halves"] = write_halves(root, sm, spec, k)
+    config = read_config(root)
+    write_json(root / CONFIG, {**config, "halves_sha256": meta["halves"]["sha256"]})
     write_json(root / META, meta)
 
 
