@@ -1,14 +1,18 @@
 """Trust: nothing vortex reads (a config, a saved state) runs code; states resume only into their own run."""
 
 import json
+import os
 import pickle
+import re
 import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 
 from vortex.errors import VortexError
+from vortex.files import locked
 from vortex.hub.checkpoint import load_checkpoint, load_half
 from vortex.hub.loading import load_model
 from vortex.hub.repo import from_pretrained
@@ -220,3 +224,60 @@ def test_halves_record_their_hashes(tiny_checkpoint):
         file_sha256(tiny_checkpoint / "config.json")
         == hashlib.sha256((tiny_checkpoint / "config.json").read_bytes()).hexdigest()
     )
+
+
+@pytest.mark.parametrize(
+    "recipe,message",
+    [
+        ("epochs: eight\n", "epochs must be a whole number, got 'eight'"),
+        ("epochs: 0\n", "epochs must be at least 1, got 0"),
+        ("batch_size: 0\n", "batch_size must be at least 1, got 0"),
+        ("optimizer: {name: adamw, lr: -0.1}\n", "optimizer lr must be a positive number, got -0.1"),
+        ("optimizer: {name: adamw, lr: fast}\n", "optimizer lr must be a positive number, got 'fast'"),
+        ("model_options: {depth: 3}\n", "model_options ['depth'] are not options of cnn; it takes width"),
+        ("label_smoothing: 0.95\n", "must stay below (C-1)/C = 0.900 for 10 classes"),
+        ("epochs: [1\n", "is not valid YAML at line"),
+        ("- a list\n", "must be a YAML mapping of keys to values"),
+        ("model_options: 3\n", "model_options must be a mapping"),
+    ],
+)
+def test_bad_settings_are_one_line_before_any_work(tmp_path, recipe, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(TINY.replace("epochs: 2\n", "") + recipe if recipe.startswith("epochs") else TINY + recipe)
+    if recipe.startswith(("- a list", "epochs: [1")):
+        path.write_text(recipe)
+    with pytest.raises(VortexError, match=re.escape(message)):
+        train(["--recipe", str(path), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_refused_at_once(tmp_path):
+    (tmp_path / "taken").write_text("not a directory")
+    with pytest.raises(VortexError, match="--output_dir .*taken is a file, not a directory"):
+        train(["--output_dir", str(tmp_path / "taken")])
+
+
+def test_a_nan_loss_stops_training_at_its_step(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text(TINY.replace("lr: 0.01", "lr: 1.0e+30"))
+    with pytest.raises(VortexError, match=r"the training loss became (nan|inf) at step \d+ \(epoch 1\)"):
+        train(["--recipe", str(path), "--output_dir", str(tmp_path / "out")])
+
+
+def test_two_runs_cannot_write_into_one_directory(run, tmp_path):
+    """While one process writes into a directory (here: this test, holding the lock as `vortex
+    train` does), a second `vortex train` into it fails at once, naming the holder."""
+    recipe, _ = run
+    out = tmp_path / "shared"
+    out.mkdir()
+    with locked(out, "--output_dir"):
+        second = subprocess.run(
+            [sys.executable, "-m", "vortex", "train", "--recipe", str(recipe), "--output_dir", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"is in use by vortex pid {os.getpid()}: wait for it to finish" in second.stderr
+    assert not (out / "model.safetensors").exists()
+    assert train(["--recipe", str(recipe), "--output_dir", str(out)]) == 0  # free again once released

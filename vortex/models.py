@@ -181,6 +181,18 @@ def is_entry_point(name: str) -> bool:
     return ":" in name
 
 
+def check_options(architecture: str, options: dict[str, Any]) -> None:
+    """Refuse `model_options` a built-in does not take, listing those it does."""
+    builder = {"cnn": cnn, "resnet18": resnet18, "vgg16_bn": vgg16_bn, "vit": ViTClassifier.__init__}[architecture]
+    fixed = {"self", "num_classes", "in_channels", "image_size"}
+    allowed = [n for n in inspect.signature(builder).parameters if n not in fixed]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise VortexError(
+            f"model_options {unknown} are not options of {architecture}; it takes {', '.join(allowed) or 'none'}"
+        )
+
+
 def build_model(spec: ModelSpec, *, trust_code: Sequence[str] = ()) -> nn.Module:
     """Build the (untrained) model a spec describes.
 
@@ -189,6 +201,8 @@ def build_model(spec: ModelSpec, *, trust_code: Sequence[str] = ()) -> nn.Module
     file (config.json, a recipe, a download), as transformers' `trust_remote_code`.
     """
     arch = spec.architecture
+    if arch in BUILTINS:
+        check_options(arch, spec.options)
     if arch == "cnn":
         return cnn(spec.num_classes, spec.in_channels, **spec.options)
     if arch == "resnet18":

@@ -154,7 +154,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from vortex.attacks.sweep import attack_report, attack_splits, get_attack, select_splits, unseen_train_rows
     from vortex.data import data_shape, load_data, num_classes, take
     from vortex.distributed import process_state
-    from vortex.files import write_json
+    from vortex.files import check_output_dir, write_json
     from vortex.hub.layout import read_meta
     from vortex.hub.loading import load_model
     from vortex.report.plots import plot_attack, plot_reconstructions
@@ -170,7 +170,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         tv_weight=args.tv_weight,
         seed=args.seed,
     )
-    get_attack(config.attack)  # an unknown attack is refused before any work
+    get_attack(config.attack)  # an unknown attack or an unusable --out is refused before any work
+    check_output_dir(args.out, "--out")
     data = load_data(args.dataset, seed=args.data_seed)
     test = data["test"]
     channels, height, _ = data_shape(test)

@@ -90,11 +90,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from vortex.core.probe import profile_model
     from vortex.data import data_shape, load_data, num_classes
     from vortex.distributed import process_state
-    from vortex.files import write_json
+    from vortex.files import check_output_dir, write_json
     from vortex.hub.loading import load_model
     from vortex.report.plots import plot_profile
     from vortex.report.tables import profile_table
 
+    check_output_dir(args.out, "--out")
     data = load_data(args.dataset, seed=args.data_seed)
     if args.split not in data:
         raise VortexError(f"data set '{args.dataset}' has no split '{args.split}'; it has {list(data)}")

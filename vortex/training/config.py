@@ -57,15 +57,25 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
     `path` is a file, or the name of a recipe shipped with vortex (`cnn_digits`, `recipes/cnn_digits.yaml`).
     """
     path = find_recipe(path or DEFAULT_RECIPE)
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise VortexError(f"recipe '{path}' is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise VortexError(f"recipe '{path}' must be a YAML mapping of keys to values, not a {type(data).__name__}")
     known = {f.name for f in fields(Recipe)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise VortexError(f"recipe '{path}' has unknown keys {unknown}; known keys: {sorted(known)}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     recipe = Recipe(**data)
+    check_types(recipe, path)
     ls = recipe.label_smoothing
     alphas = list(ls.values()) if isinstance(ls, dict) else list(ls) if isinstance(ls, list) else [ls]
+    if any(not isinstance(a, (int, float)) or isinstance(a, bool) for a in alphas):
+        raise VortexError(f"label_smoothing must be a number, a list of numbers or {{start, end}}, got {ls}")
     if any(float(a) >= 1 for a in alphas):
         raise VortexError(f"label_smoothing must be below 1 (negative is allowed), got {ls}")
     unknown = sorted(set(recipe.probe) - set(PROBE_DEFAULTS))
@@ -75,4 +85,45 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
         raise VortexError(f"scheduler must be 'cosine' or 'constant', not '{recipe.scheduler}'")
     if recipe.optimizer.get("name", "adamw") not in ("adamw", "sgd"):
         raise VortexError(f"optimizer name must be 'adamw' or 'sgd', not '{recipe.optimizer.get('name')}'")
+    for key, value in (("epochs", recipe.epochs), ("batch_size", recipe.batch_size)):
+        if value < 1:
+            raise VortexError(f"{key} must be at least 1, got {value}")
+    if recipe.max_train_samples is not None and recipe.max_train_samples < 1:
+        raise VortexError(f"max_train_samples must be at least 1, got {recipe.max_train_samples}")
+    lr = recipe.optimizer.get("lr", 1e-3)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf"):
+        raise VortexError(f"optimizer lr must be a positive number, got {lr!r}")
     return recipe
+
+
+INTEGERS = ("seed", "epochs", "batch_size")
+OPTIONAL_INTEGERS = ("image_size", "channels", "max_train_samples")
+MAPPINGS = ("model_options", "optimizer", "probe", "controller")
+
+
+def check_types(recipe: Recipe, path: Path) -> None:
+    """One line naming the key whose value has the wrong type (YAML gives strings for typos like 'eight')."""
+    for key in INTEGERS + OPTIONAL_INTEGERS:
+        value = getattr(recipe, key)
+        if (value is not None or key in INTEGERS) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise VortexError(f"recipe '{path}': {key} must be a whole number, got {value!r}")
+    for key in MAPPINGS:
+        if not isinstance(getattr(recipe, key), dict):
+            raise VortexError(f"recipe '{path}': {key} must be a mapping (key: value), got {getattr(recipe, key)!r}")
+    for key in ("model", "dataset", "scheduler"):
+        if not isinstance(getattr(recipe, key), str):
+            raise VortexError(f"recipe '{path}': {key} must be a string, got {getattr(recipe, key)!r}")
+
+
+def check_smoothing(alpha: Any, num_classes: int) -> None:
+    """Smoothing puts 1 - alpha on the true class and alpha / (C - 1) on each other: at alpha >=
+    (C - 1) / C the true class no longer gets the most, and training learns nothing."""
+    alphas = list(alpha.values()) if isinstance(alpha, dict) else list(alpha) if isinstance(alpha, list) else [alpha]
+    limit = (num_classes - 1) / num_classes
+    if any(float(a) >= limit for a in alphas):
+        raise VortexError(
+            f"label_smoothing {alpha} must stay below (C-1)/C = {limit:.3f} for {num_classes} classes: from there "
+            "on the true class no longer gets the largest target"
+        )
+    if isinstance(alpha, list) and len(alpha) != num_classes:
+        raise VortexError(f"label_smoothing lists {len(alpha)} values but the data set has {num_classes} classes")

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -38,16 +39,16 @@ from safetensors.torch import load_model, save_model
 
 from vortex.core.probe import collect_stats, profile_model
 from vortex.data import data_shape, load_data, make_loader, num_classes, take
-from vortex.distributed import sync_buffers
+from vortex.distributed import process_state, sync_buffers
 from vortex.errors import VortexError
-from vortex.files import write_atomic, write_json
+from vortex.files import check_output_dir, locked, write_atomic, write_json
 from vortex.hub.checkpoint import save_checkpoint
 from vortex.hub.layout import is_checkpoint, read_meta
 from vortex.hub.loading import resolve_spec
 from vortex.models import build_model, split_model
 from vortex.report.plots import plot_reconstructions, plot_vortex
 from vortex.report.tables import profile_table
-from vortex.training.config import load_recipe
+from vortex.training.config import check_smoothing, load_recipe
 from vortex.training.controller import ControllerConfig, GPZController, check_target
 from vortex.training.levers import lever_loss, smoothing_at
 from vortex.training.loss import soft_target_loss
@@ -273,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    """Check the output directory, hold its lock (main process) and run the training."""
+    check_output_dir(args.output_dir, "--output_dir")
+    with ExitStack() as held:
+        return run(args, held)
+
+
+def run(args: argparse.Namespace, held: ExitStack) -> int:
+    """The training run; `held` keeps the output directory's lock (taken once the settings are checked)."""
     recipe = load_recipe(
         args.recipe,
         model=args.model,
@@ -297,6 +306,7 @@ def train(args: argparse.Namespace) -> int:
         train_ds, probe_ds = parts["train"], parts["test"]
     channels, height, _ = data_shape(train_ds)
     k_classes = num_classes(train_ds)
+    check_smoothing(recipe.label_smoothing, k_classes)
     spec = resolve_spec(
         recipe.model,
         num_classes=k_classes,
@@ -311,6 +321,9 @@ def train(args: argparse.Namespace) -> int:
     base_dir, base_acc = None, None
     if target is not None:  # refuse a bad target before any training (the baseline's included) starts
         check_target(target, [s.name for s in split_model(build_model(spec, trust_code=trusted), spec).splits])
+    if process_state().is_main_process:  # one writer per output directory, from here on
+        held.enter_context(locked(output_dir, "--output_dir"))
+    if target is not None:
         base_dir, base_acc = baseline_accuracy(args, output_dir)
     set_seed(recipe.seed)
     model = build_model(spec, trust_code=trusted)
@@ -435,7 +448,14 @@ def train(args: argparse.Namespace) -> int:
             scheduler.step()
             optimizer.zero_grad()
             step += 1
-            running, batches = running + loss.item(), batches + 1
+            value = loss.item()
+            if not math.isfinite(value):
+                last = f"{running / batches:.4f} (mean of this epoch)" if batches else "none yet this epoch"
+                raise VortexError(
+                    f"the training loss became {value} at step {step} (epoch {epoch + 1}); last finite loss "
+                    f"{last}. Lower the learning rate or the lever weights"
+                )
+            running, batches = running + value, batches + 1
             if controller and controller.due(step):
                 t0 = time.perf_counter()
                 measure(step)
