@@ -121,3 +121,54 @@ def test_recipe_errors(tmp_path):
         load_recipe(None, label_smoothing=1.0)
     with pytest.raises(VortexError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_gradient_accumulation_steps_the_optimiser_once_per_n_batches(recipe, tmp_path, monkeypatch, how):
+    flags = ["--per_device_train_batch_size", "32", "--num_train_epochs", "2"]  # 256 samples: 8 batches an epoch
+    if how == "flag":
+        flags += ["--gradient_accumulation_steps", "4"]
+    else:
+        monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    assert train(["--recipe", str(recipe), "--output_dir", str(tmp_path / "acc"), *flags]) == 0
+    meta = json.loads((tmp_path / "acc" / "vortex.json").read_text())
+    assert meta["gradient_accumulation_steps"] == 4 and meta["optimizer_steps_this_session"] == 4  # 16 batches / 4
+
+
+def test_hf_script_flags_and_a_default_output_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--num_train_epochs", "1", "--max_train_samples", "128", "--learning_rate", "0.01"]
+    argv += ["--lr_scheduler_type", "linear", "--num_warmup_steps", "1", "--dataset_name", "digits"]
+    assert train(argv) == 0
+    assert "writing to --output_dir runs/cnn-digits" in capsys.readouterr().out
+    recipe = json.loads((tmp_path / "runs" / "cnn-digits" / "vortex.json").read_text())["recipe"]
+    assert (recipe["epochs"], recipe["max_train_samples"], recipe["optimizer"]["lr"]) == (1, 128, 0.01)
+    assert (recipe["scheduler"], recipe["num_warmup_steps"]) == ("linear", 1)
+
+
+def test_a_torchvision_entry_point_trains_with_a_target_and_loads_back(tmp_path):
+    """`--model torchvision.models:resnet18`: only the arguments it names are passed, its 3-channel
+    stem and 1000-class head are adapted to the data, and the checkpoint loads with --trust-code."""
+    entry, out = "torchvision.models:resnet18", tmp_path / "r18"
+    status = train(
+        [
+            "--model",
+            entry,
+            "--num_train_epochs",
+            "1",
+            "--max_train_samples",
+            "600",
+            "--output_dir",
+            str(out),
+            "--target-gpz",
+            "3",
+            "--baseline",
+            "none",
+        ]
+    )
+    meta = json.loads((out / "vortex.json").read_text())
+    assert status in (0, 3) and [s["index"] for s in meta["privacy"]["splits"]] == [2, 3]
+    with pytest.raises(VortexError, match="never imports code named by a file"):
+        load_checkpoint(out)
+    model, spec, names = load_checkpoint(out, trust_code=[entry])
+    assert spec.architecture == entry and model.fc.out_features == 10 and model.conv1.in_channels == 1

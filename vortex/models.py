@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from vortex.core.splits import SplitModel
 from vortex.errors import VortexError
 
 BUILTINS = ("cnn", "resnet18", "vgg16_bn", "vit")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -234,15 +236,71 @@ def _custom_model(entry: str, spec: ModelSpec) -> nn.Module:
             f"cannot load model '{entry}': {exc}. Check that '{module_name}' is importable "
             f"(on PYTHONPATH) and defines '{func_name}'"
         ) from None
-    offered = {
-        "num_classes": spec.num_classes,
-        "in_channels": spec.in_channels,
-        "image_size": spec.image_size,
-        **spec.options,
-    }
-    params = inspect.signature(func).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    model = func(**{k: v for k, v in offered.items() if takes_any or k in params})
+    offered = {"num_classes": spec.num_classes, "in_channels": spec.in_channels, "image_size": spec.image_size}
+    params = inspect.signature(func).parameters  # only what the function names (and the user's options)
+    try:
+        model = func(**{k: v for k, v in offered.items() if k in params}, **spec.options)
+    except TypeError as exc:
+        raise VortexError(f"'{entry}' cannot be called with options {spec.options}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise VortexError(f"'{entry}' returned {type(model).__name__}, not a torch.nn.Module")
+    _adapt_input(model, spec.in_channels, entry)
+    _adapt_head(model, spec, entry)
     return model
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _adapt_input(model: nn.Module, channels: int, entry: str) -> None:
+    """Give the first conv layer `channels` inputs (summing or repeating its filters), saying so."""
+    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if conv is None or conv.in_channels == channels or conv.groups != 1:
+        return
+    new = nn.Conv2d(
+        channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    with torch.no_grad():
+        weight = conv.weight.sum(1, keepdim=True) if channels == 1 else conv.weight.mean(1, keepdim=True)
+        new.weight.copy_(weight.repeat(1, channels, 1, 1) if channels > 1 else weight)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    _replace(model, name, new)
+    log.warning(
+        "%s: first conv layer '%s' took %d channels; adapted to the data's %d", entry, name, conv.in_channels, channels
+    )
+
+
+def _adapt_head(model: nn.Module, spec: ModelSpec, entry: str) -> None:
+    """Replace the last linear layer when the model's output width is not the class count, saying so."""
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+    model.train()
+    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    if width == spec.num_classes:
+        return
+    name, head = next(
+        ((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), (None, None)
+    )
+    if head is None or head.out_features != width:
+        raise VortexError(
+            f"'{entry}' gives outputs of shape {tuple(out.shape[1:])}, not {spec.num_classes} class "
+            "scores, and has no final linear layer vortex could resize"
+        )
+    _replace(model, name, nn.Linear(head.in_features, spec.num_classes, bias=head.bias is not None))
+    log.warning(
+        "%s: head '%s' had %d outputs; replaced by a new one for the data's %d classes",
+        entry,
+        name,
+        width,
+        spec.num_classes,
+    )

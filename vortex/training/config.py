@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import SchedulerType
 
 from vortex.errors import VortexError
 
@@ -28,9 +29,11 @@ class Recipe:
     seed: int = 0
     epochs: int = 8
     batch_size: int = 64
+    gradient_accumulation_steps: int = 1
     max_train_samples: int | None = None
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adamw", "lr": 3e-3, "weight_decay": 5e-4})
-    scheduler: str = "cosine"
+    scheduler: str = "cosine"  # a transformers.get_scheduler name
+    num_warmup_steps: int = 0
     label_smoothing: float | list[float] | dict[str, float] = 0.0
     probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE_DEFAULTS))
     controller: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +72,8 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
     unknown = sorted(set(data) - known)
     if unknown:
         raise VortexError(f"recipe '{path}' has unknown keys {unknown}; known keys: {sorted(known)}")
+    if overrides.get("model") not in (None, data.get("model", Recipe.model)):
+        data.pop("model_options", None)  # the recipe's options are for its own model
     data.update({k: v for k, v in overrides.items() if v is not None})
     recipe = Recipe(**data)
     check_types(recipe, path)
@@ -81,11 +86,18 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
     unknown = sorted(set(recipe.probe) - set(PROBE_DEFAULTS))
     if unknown:
         raise VortexError(f"recipe probe section has unknown keys {unknown}; known: {', '.join(PROBE_DEFAULTS)}")
-    if recipe.scheduler not in ("cosine", "constant"):
-        raise VortexError(f"scheduler must be 'cosine' or 'constant', not '{recipe.scheduler}'")
+    schedulers = [s.value for s in SchedulerType]
+    if recipe.scheduler not in schedulers:
+        raise VortexError(f"scheduler must be one of {', '.join(schedulers)}, not '{recipe.scheduler}'")
     if recipe.optimizer.get("name", "adamw") not in ("adamw", "sgd"):
         raise VortexError(f"optimizer name must be 'adamw' or 'sgd', not '{recipe.optimizer.get('name')}'")
-    for key, value in (("epochs", recipe.epochs), ("batch_size", recipe.batch_size)):
+    if recipe.num_warmup_steps < 0:
+        raise VortexError(f"num_warmup_steps must be 0 or more, got {recipe.num_warmup_steps}")
+    for key, value in (
+        ("epochs", recipe.epochs),
+        ("batch_size", recipe.batch_size),
+        ("gradient_accumulation_steps", recipe.gradient_accumulation_steps),
+    ):
         if value < 1:
             raise VortexError(f"{key} must be at least 1, got {value}")
     if recipe.max_train_samples is not None and recipe.max_train_samples < 1:
@@ -96,7 +108,7 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
     return recipe
 
 
-INTEGERS = ("seed", "epochs", "batch_size")
+INTEGERS = ("seed", "epochs", "batch_size", "gradient_accumulation_steps", "num_warmup_steps")
 OPTIONAL_INTEGERS = ("image_size", "channels", "max_train_samples")
 MAPPINGS = ("model_options", "optimizer", "probe", "controller")
 

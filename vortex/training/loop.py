@@ -36,6 +36,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from safetensors.torch import load_model, save_model
+from transformers import get_scheduler
 
 from vortex.core.probe import collect_stats, profile_model
 from vortex.data import data_shape, load_data, make_loader, num_classes, take
@@ -63,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vortex train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--recipe", help="YAML recipe from recipes/ (default: recipes/cnn_digits.yaml)")
-    p.add_argument("--output_dir", "--output-dir", required=True, help="where the checkpoint is written")
+    p.add_argument(
+        "--output_dir",
+        "--output-dir",
+        help="where the checkpoint is written (default: runs/MODEL-DATASET[-gpzK], printed at start)",
+    )
     p.add_argument(
         "--target-gpz",
         "--target_gpz",
@@ -109,10 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a recipe that names this custom architecture to import it (repeatable); a --model "
         "given on the command line is trusted as it is",
     )
-    p.add_argument("--dataset", help="override the recipe's data set")
-    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument("--dataset", "--dataset_name", help="override the recipe's data set")
+    p.add_argument("--epochs", "--num_train_epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument(
+        "--per_device_train_batch_size", "--batch_size", type=int, help="override the recipe's batch size (per process)"
+    )
+    p.add_argument(
+        "--gradient_accumulation_steps",
+        type=int,
+        help="batches per optimiser step (default: the recipe's, or ACCELERATE_GRADIENT_ACCUMULATION_STEPS)",
+    )
+    p.add_argument(
+        "--lr_scheduler_type",
+        help="override the recipe's scheduler: a transformers.get_scheduler name (cosine, linear, constant, ...)",
+    )
+    p.add_argument("--num_warmup_steps", type=int, help="override the recipe's learning-rate warm-up steps")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
-    p.add_argument("--lr", type=float, help="override the optimiser's learning rate")
+    p.add_argument("--lr", "--learning_rate", type=float, help="override the optimiser's learning rate")
     p.add_argument(
         "--label_smoothing",
         "--label-smoothing",
@@ -275,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     """Check the output directory, hold its lock (main process) and run the training."""
+    if not args.output_dir:
+        recipe = load_recipe(args.recipe, model=args.model, dataset=args.dataset)
+        name = "-".join(re.sub(r"[^\w.]+", "_", str(v)).strip("_") for v in (recipe.model, recipe.dataset))
+        args.output_dir = f"runs/{name}" + (f"-gpz{args.target_gpz}" if args.target_gpz is not None else "")
+        process_state().print(f"writing to --output_dir {args.output_dir}")
     check_output_dir(args.output_dir, "--output_dir")
     with ExitStack() as held:
         return run(args, held)
@@ -290,6 +313,10 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
         seed=args.seed,
         label_smoothing=args.label_smoothing,
         max_train_samples=args.max_train_samples,
+        batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        scheduler=args.lr_scheduler_type,
+        num_warmup_steps=args.num_warmup_steps,
     )
     if args.lr is not None:
         recipe.optimizer["lr"] = args.lr
@@ -331,6 +358,11 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
     split_names = [s.name for s in sm.splits]
 
     accelerator = Accelerator(
+        **(
+            {"gradient_accumulation_steps": recipe.gradient_accumulation_steps}
+            if args.gradient_accumulation_steps or recipe.gradient_accumulation_steps > 1
+            else {}
+        ),  # else Accelerate's default (its env variable)
         log_with=args.report_to if args.with_tracking else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -355,15 +387,18 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
     # Train through a tap of the model that also returns z at the levers' splits
     net = sm.tap(controller.lever_splits if controller else [])
     optimizer = make_optimizer(net, recipe.optimizer)
-    total_steps = recipe.epochs * math.ceil(len(train_loader) / accelerator.num_processes)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-        if recipe.scheduler == "cosine"
-        else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    accumulation = accelerator.gradient_accumulation_steps
+    # the prepared scheduler steps once per process at each optimiser step (as in transformers' examples)
+    scheduler = get_scheduler(
+        recipe.scheduler,
+        optimizer,
+        num_warmup_steps=recipe.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=max(recipe.epochs * math.ceil(len(train_loader) / accumulation), 1),
     )
     net, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(
         net, optimizer, train_loader, test_loader, scheduler
     )
+    total_steps = recipe.epochs * len(train_loader)  # batches of this process; `step` counts them
     steps_per_epoch = len(train_loader)
 
     if args.with_tracking:
@@ -432,21 +467,23 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
 
     every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
     start_epoch, skip = divmod(step, steps_per_epoch)
-    accuracy, started, measuring = None, time.perf_counter(), 0.0
+    accuracy, started, measuring, optimizer_steps = None, time.perf_counter(), 0.0, 0
     net.train()
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip) if epoch == start_epoch and skip else train_loader
         running, batches = 0.0, 0
         for x, y in loader:
-            out, *zs = net(x)
-            loss = soft_target_loss(out, y, smoothing_at(recipe.label_smoothing, step / max(total_steps, 1)))
-            if controller:
-                loss = loss + lever_loss(zs, y, k_classes, target, controller.levers)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            with accelerator.accumulate(net):  # the optimiser steps once per `accumulation` batches
+                out, *zs = net(x)
+                loss = soft_target_loss(out, y, smoothing_at(recipe.label_smoothing, step / max(total_steps, 1)))
+                if controller:
+                    loss = loss + lever_loss(zs, y, k_classes, target, controller.levers)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            optimizer_steps += accelerator.sync_gradients
             step += 1
             value = loss.item()
             if not math.isfinite(value):
@@ -506,6 +543,8 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
         "fingerprint": fingerprint,
         "test_accuracy": accuracy,
         "train_seconds": train_time,
+        "gradient_accumulation_steps": accumulation,
+        "optimizer_steps_this_session": optimizer_steps,
         "profile": profile,
         "gpz": profile["gpz"],
     }
