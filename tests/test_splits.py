@@ -6,12 +6,12 @@ from torch import nn
 
 from vortex.core.splits import SplitModel
 from vortex.errors import SplitError, VortexError
-from vortex.models import BUILTINS, ModelSpec, build_model, input_size, split_model
+from vortex.models import BUILTIN_MODELS, ModelSpec, build_model, input_size, split_model
 
 MIN_SPLITS = {"cnn": 6, "resnet18": 8, "vgg16_bn": 8, "vit": 8}
 
 
-@pytest.mark.parametrize("arch", BUILTINS)
+@pytest.mark.parametrize("arch", BUILTIN_MODELS)
 @pytest.mark.parametrize("channels,size", [(1, 8), (3, 28)])
 def test_edge_then_cloud_equals_model(arch, channels, size):
     torch.manual_seed(0)

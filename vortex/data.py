@@ -24,7 +24,7 @@ from PIL import Image
 
 from vortex.errors import DataError
 
-BUILTINS = ("digits", "fashion-mnist", "mnist-5k")
+BUILTIN_DATASETS = ("digits", "fashion-mnist", "mnist-5k")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_NAMES = (
     "T-shirt/top",
@@ -41,7 +41,7 @@ FASHION_MNIST_NAMES = (
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 _FORMS = (
-    "a built-in (digits, fashion-mnist, mnist-5k), an image folder with one sub-folder "
+    f"a built-in ({', '.join(BUILTIN_DATASETS)}), an image folder with one sub-folder "
     "per class, a .parquet file, or a Hugging Face Hub dataset id 'owner/name'"
 )
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")

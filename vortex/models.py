@@ -16,7 +16,7 @@ from torch import nn
 from vortex.core.splits import SplitModel
 from vortex.errors import VortexError
 
-BUILTINS = ("cnn", "resnet18", "vgg16_bn", "vit")
+BUILTIN_MODELS = ("cnn", "resnet18", "vgg16_bn", "vit")
 log = logging.getLogger(__name__)
 
 
@@ -203,7 +203,7 @@ def build_model(spec: ModelSpec, *, trust_code: Sequence[str] = ()) -> nn.Module
     file (config.json, a recipe, a download), as transformers' `trust_remote_code`.
     """
     arch = spec.architecture
-    if arch in BUILTINS:
+    if arch in BUILTIN_MODELS:
         check_options(arch, spec.options)
     if arch == "cnn":
         return cnn(spec.num_classes, spec.in_channels, **spec.options)
@@ -222,7 +222,7 @@ def build_model(spec: ModelSpec, *, trust_code: Sequence[str] = ()) -> nn.Module
             )
         return _custom_model(arch, spec)
     raise VortexError(
-        f"unknown model '{arch}': use a built-in ({', '.join(BUILTINS)}), a directory written by "
+        f"unknown model '{arch}': use a built-in ({', '.join(BUILTIN_MODELS)}), a directory written by "
         "vortex, or 'package.module:function' returning an nn.Module"
     )
 

@@ -40,7 +40,13 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="built-in name, checkpoint directory, or package.module:function")
     p.add_argument("--dataset", required=True, help="digits, fashion-mnist, mnist-5k, image folder, .parquet or Hub id")
     p.add_argument("--out", required=True, help="output directory for profile.json and profile.png")
-    p.add_argument("--split", default="test", help="which data split to profile on (default: test, held out)")
+    p.add_argument(
+        "--data-split",
+        "--split",
+        dest="data_split",
+        default="test",
+        help="which split of the data set to profile on (default: test, held out); --split is the old name",
+    )
     p.add_argument(
         "--split-points",
         type=_split_list,
@@ -97,9 +103,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, "--out")
     data = load_data(args.dataset, seed=args.data_seed)
-    if args.split not in data:
-        raise VortexError(f"data set '{args.dataset}' has no split '{args.split}'; it has {list(data)}")
-    ds = data[args.split]
+    if args.data_split not in data:
+        raise VortexError(f"data set '{args.dataset}' has no split '{args.data_split}'; it has {list(data)}")
+    ds = data[args.data_split]
     channels, height, _ = data_shape(ds)
     loaded = load_model(
         args.model,

@@ -13,7 +13,7 @@ from vortex.errors import HubError, VortexError
 from vortex.hub.checkpoint import load_checkpoint
 from vortex.hub.layout import is_checkpoint
 from vortex.hub.repo import fetch_checkpoint, is_repo_id
-from vortex.models import BUILTINS, ModelSpec, build_model, input_size, split_model
+from vortex.models import BUILTIN_MODELS, ModelSpec, build_model, input_size, split_model
 
 
 @dataclass
@@ -40,12 +40,12 @@ def resolve_spec(
     options: dict | None = None,
 ) -> ModelSpec:
     """The spec of a fresh built-in or custom model for data of the given shape."""
-    if arg not in BUILTINS and ":" not in arg:
+    if arg not in BUILTIN_MODELS and ":" not in arg:
         raise VortexError(
-            f"unknown model '{arg}': use a built-in ({', '.join(BUILTINS)}), a directory "
+            f"unknown model '{arg}': use a built-in ({', '.join(BUILTIN_MODELS)}), a directory "
             "written by vortex, or 'package.module:function' returning an nn.Module"
         )
-    size = image_size or (input_size(arg, data_size) if arg in BUILTINS else data_size)
+    size = image_size or (input_size(arg, data_size) if arg in BUILTIN_MODELS else data_size)
     return ModelSpec(arg, num_classes, channels or data_channels, size, dict(options or {}))
 
 

@@ -36,7 +36,7 @@ from vortex.hub.layout import (
     read_half_config,
     read_meta,
 )
-from vortex.models import BUILTINS, split_model
+from vortex.models import BUILTIN_MODELS, split_model
 from vortex.report.tables import human_size, shape_text
 
 log = logging.getLogger(__name__)
@@ -196,11 +196,11 @@ def _check_vortex(path: Path, source: str, part: str, remote: bool = False, trus
             "write one with `vortex train --output_dir DIR` and publish it with `vortex publish`"
         )
     for config in (CONFIG, *(f"{p}/{CONFIG}" for p in PARTS)):
-        arch = _read_json(path / config).get("architecture", BUILTINS[0])
-        if arch not in BUILTINS and arch not in trust_code:
+        arch = _read_json(path / config).get("architecture", BUILTIN_MODELS[0])
+        if arch not in BUILTIN_MODELS and arch not in trust_code:
             raise HubError(
                 f"{where}: {config} names the architecture '{arch}', which is not built in "
-                f"({', '.join(BUILTINS)}); vortex never imports code a file names. If you trust that "
+                f"({', '.join(BUILTIN_MODELS)}); vortex never imports code a file names. If you trust that "
                 f"function, pass --trust-code {arch} (trust_code=['{arch}'] in Python)"
             )
     if part in PARTS and not (path / part / WEIGHTS).is_file():
