@@ -281,3 +281,48 @@ def test_two_runs_cannot_write_into_one_directory(run, tmp_path):
     assert f"is in use by vortex pid {os.getpid()}: wait for it to finish" in second.stderr
     assert not (out / "model.safetensors").exists()
     assert train(["--recipe", str(recipe), "--output_dir", str(out)]) == 0  # free again once released
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda c: _truncate(c / "model.safetensors"), "model.safetensors' is not a readable safetensors file"),
+        (lambda c: (c / "model.safetensors").write_bytes(os.urandom(4096)), "is not a readable safetensors file"),
+        (lambda c: (c / "model.safetensors").write_bytes(b""), "is not a readable safetensors file"),
+        (lambda c: (c / "config.json").write_text("{not json"), "config.json' is not valid JSON"),
+        (lambda c: (c / "config.json").write_text("[1, 2]"), "config.json' holds a JSON list, not an object"),
+        (
+            lambda c: (c / "config.json").write_text(
+                json.dumps({**json.loads((c / "config.json").read_text()), "num_classes": 7})
+            ),
+            "model.safetensors' does not fit a cnn model as config.json describes it",
+        ),
+        (
+            lambda c: (c / "config.json").write_text(
+                json.dumps({**json.loads((c / "config.json").read_text()), "options": {"width": 16}})
+            ),
+            "model.safetensors' does not fit a cnn model as config.json describes it",
+        ),
+        (
+            lambda c: (c / "config.json").write_text(
+                json.dumps({**json.loads((c / "config.json").read_text()), "in_channels": "one"})
+            ),
+            "config.json' does not describe a model (ValueError",
+        ),
+        (lambda c: (c / "vortex.json").write_text("{"), "vortex.json' is not valid JSON"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(tiny_checkpoint, tmp_path, capsys, damage, message):
+    from vortex.cli.main import main as vortex
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    damage(ckpt)
+    command = ["attack", "--splits", "1"] if "vortex.json" in message else ["probe"]
+    assert vortex([*command, "--model", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vortex: error: ") and message in err and len(err.strip().splitlines()) == 1, err

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         ("attack/recon_split1.png", "reconstructions, one grid per split"),
         ("privacy/", "the verdict attack's grids at the target split and the one before"),
         ("baseline_attack/", "the untargeted model attacked at the target split"),
-        ("edge/", "the edge half, cut at the GPZ"),
+        ("edge/", "the edge half, cut at the predicted GPZ"),
         ("cloud/", "the cloud half"),
     ):
         print(f"  {str(out / name):<34} {what}")

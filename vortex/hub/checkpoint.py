@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import fx, nn
 
@@ -132,21 +132,42 @@ def load_checkpoint(path: str | Path, *, trust_code: Sequence[str] = ()) -> tupl
     A custom architecture is built only when the user trusts its name (see `build_model`).
     """
     config = read_config(path)
-    spec = ModelSpec.from_dict(config)
+    spec = spec_of(config, Path(path) / CONFIG)
     model = build_model(spec, trust_code=trust_code)
-    missing, unexpected = load_model(model, str(Path(path) / WEIGHTS), strict=False)
+    load_weights(model, Path(path) / WEIGHTS, f"a {spec.architecture} model as {CONFIG} describes it")
+    return model, spec, list(config.get("split_points", []))
+
+
+def spec_of(config: dict[str, Any], source: Path) -> ModelSpec:
+    """The ModelSpec a config describes, with a one-line error naming the file when it cannot."""
+    try:
+        return ModelSpec.from_dict(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VortexError(
+            f"'{source}' does not describe a model ({type(exc).__name__}: {exc}); save it again"
+        ) from None
+
+
+def load_weights(module: nn.Module, weights: Path, what: str) -> None:
+    """Load a safetensors file into `module`, every way it can fail said in one line naming the file."""
+    try:
+        missing, unexpected = load_model(module, str(weights), strict=False)
+    except SafetensorError as exc:
+        raise VortexError(
+            f"'{weights}' is not a readable safetensors file ({exc}); download or save it again"
+        ) from None
+    except RuntimeError as exc:  # a tensor of another shape: the config and the weights disagree
+        raise VortexError(f"'{weights}' does not fit {what}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise VortexError(
-            f"weights in '{path}' do not match a {spec.architecture} model: missing "
-            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"'{weights}' does not fit {what}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return model, spec, list(config.get("split_points", []))
 
 
 def load_half(path: str | Path, part: str, *, trust_code: Sequence[str] = ()) -> fx.GraphModule:
     """Rebuild the `part` half stored under `path` from its own config and weights, verified."""
     config = read_half_config(path, part)
-    spec = ModelSpec.from_dict(config)
+    spec = spec_of(config, Path(path) / part / CONFIG)
     sm = split_model(build_model(spec, trust_code=trust_code), spec, config["split_points"])
     recorded = config["split"]
     k = sm.resolve(recorded["index"])
@@ -157,8 +178,13 @@ def load_half(path: str | Path, part: str, *, trust_code: Sequence[str] = ()) ->
         )
     module = sm.edge(k) if part == "edge" else sm.cloud(k)
     weights = Path(path) / part / WEIGHTS
-    with safe_open(str(weights), framework="pt") as f:
-        stored = f.metadata() or {}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = f.metadata() or {}
+    except SafetensorError as exc:
+        raise VortexError(
+            f"'{weights}' is not a readable safetensors file ({exc}); download or save it again"
+        ) from None
     if (stored.get("part"), stored.get("split")) != (part, str(k)):
         raise VortexError(
             f"'{weights}' holds the {stored.get('part')} half of split {stored.get('split')}, but its "

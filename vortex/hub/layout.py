@@ -41,13 +41,24 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"'{path}' is not a vortex checkpoint: it needs {CONFIG} and {WEIGHTS}. "
             "Write one with `vortex train --output_dir DIR`"
         )
-    return json.loads((path / CONFIG).read_text())
+    return read_json_object(path / CONFIG)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint file, with a one-line error naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VortexError(f"'{path}' is not valid JSON ({exc}); the checkpoint is damaged: save it again") from None
+    if not isinstance(data, dict):
+        raise VortexError(f"'{path}' holds a JSON {type(data).__name__}, not an object; the checkpoint is damaged")
+    return data
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The checkpoint's vortex.json (empty when absent)."""
     meta = Path(path) / META
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    return read_json_object(meta) if meta.is_file() else {}
 
 
 def read_half_config(path: str | Path, part: str) -> dict[str, Any]:
@@ -58,7 +69,7 @@ def read_half_config(path: str | Path, part: str) -> dict[str, Any]:
             f"'{path}' has no {part} half ({part}/{CONFIG} and {part}/{WEIGHTS}); write the halves "
             f"with `vortex publish DIR --split K` or save_checkpoint(..., split=K)"
         )
-    config = json.loads((half / CONFIG).read_text())
+    config = read_json_object(half / CONFIG)
     if config.get("model_type") != "vortex" or config.get("part") != part or "split" not in config:
         raise VortexError(f"'{half / CONFIG}' is not the config of a vortex {part} half")
     return config
