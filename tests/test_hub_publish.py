@@ -1,7 +1,9 @@
 """Publishing, tested at the HTTP boundary: a local server records what huggingface_hub sends."""
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -99,6 +101,26 @@ def test_persistent_failure_leaves_the_directory_intact(checkpoint, fake_hub, ca
     assert len(fake_hub.commits) == 0 and len([p for _, p in fake_hub.requests if "/commit/" in p]) == 3
     assert tree_bytes(checkpoint) == before
     no_secret_anywhere(message, caplog.text, files=before)
+
+
+def test_a_failed_push_with_a_new_split_keeps_the_old_halves(checkpoint, fake_hub, tmp_path):
+    """`publish --split K` cuts the halves in a copy: a failed push leaves the directory byte for byte,
+    a successful one moves the new halves, configs and card in."""
+    work = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, work)
+    old = json.loads((work / "vortex.json").read_text())["halves"]["index"]
+    new = 1 if old != 1 else 2
+    before = tree_bytes(work)
+    fake_hub.fail[r"/commit/"] = [503] * 10
+    with pytest.raises(HubError, match="Nothing was changed"):
+        publish(work, "org/name", split=new, tries=2, backoff=0.01)
+    assert tree_bytes(work) == before
+    fake_hub.fail.clear()
+    done = publish(work, "org/name", split=new, backoff=0.01)
+    assert done.halves["index"] == new == json.loads((work / "vortex.json").read_text())["halves"]["index"]
+    assert json.loads((work / "edge" / "config.json").read_text())["split"]["index"] == new
+    assert fake_hub.commits[-1].files["edge/model.safetensors"] == (work / "edge" / "model.safetensors").read_bytes()
+    assert not list(work.glob(".publish-*"))
 
 
 def test_refused_credentials_are_not_retried(checkpoint, fake_hub):

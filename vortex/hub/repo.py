@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -372,33 +375,46 @@ def publish(
 
     root = Path(directory)
     read_config(root)
-    if split is not None or not all((root / p / WEIGHTS).is_file() for p in PARTS):
-        _recut(root, split, trust_code)
-        write_card(root)
-    meta = read_meta(root)
-    card = str(render_card(root, repo_id)).encode()
-    files = files_to_publish(root)
-    files = files if CARD in files else sorted([*files, CARD])
-    size = sum(len(card) if f == CARD else (root / f).stat().st_size for f in files)
-    api = HfApi(token=token)
-    message = commit_message or f"Upload vortex checkpoint ({len(files)} files)"
+    recut = split is not None or not all((root / p / WEIGHTS).is_file() for p in PARTS)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".publish-") if recut else nullcontext() as staging:
+        source = root
+        if recut:  # cut the halves in a copy; the directory changes only once the push has succeeded
+            source = Path(staging)
+            for name in files_to_publish(root):
+                (source / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / name, source / name)
+            _recut(source, split, trust_code)
+            write_card(source)
+        meta = read_meta(source)
+        card = str(render_card(source, repo_id)).encode()
+        files = files_to_publish(source)
+        files = files if CARD in files else sorted([*files, CARD])
+        size = sum(len(card) if f == CARD else (source / f).stat().st_size for f in files)
+        api = HfApi(token=token)
+        message = commit_message or f"Upload vortex checkpoint ({len(files)} files)"
 
-    def push() -> Published:
-        repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # the user's namespace if none
-        if revision:
-            api.create_branch(repo, branch=revision, exist_ok=True)
-        ops = [CommitOperationAdd(f, card if f == CARD else str(root / f)) for f in files]  # fresh on each try
-        info = api.create_commit(repo, ops, commit_message=message, revision=revision)
-        return Published(repo, revision or "main", info.commit_url, files, size, meta.get("halves"))
+        def push() -> Published:
+            repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # the user's namespace if none
+            if revision:
+                api.create_branch(repo, branch=revision, exist_ok=True)
+            ops = [CommitOperationAdd(f, card if f == CARD else str(source / f)) for f in files]  # fresh each try
+            info = api.create_commit(repo, ops, commit_message=message, revision=revision)
+            return Published(repo, revision or "main", info.commit_url, files, size, meta.get("halves"))
 
-    try:
-        return with_retries(push, f"push to {repo_id}", tries=tries, backoff=backoff)
-    except (ValueError, *_hub_exceptions()) as exc:
-        raise HubError(
-            f"push of '{root}' to Hub repo '{repo_id}' failed: {_reason(exc)}. Nothing was removed: the "
-            f"checkpoint is still complete in {root}; run `vortex publish {root} --repo-id {repo_id}` "
-            "again"
-        ) from None
+        try:
+            done = with_retries(push, f"push to {repo_id}", tries=tries, backoff=backoff)
+        except (ValueError, *_hub_exceptions()) as exc:
+            raise HubError(
+                f"push of '{root}' to Hub repo '{repo_id}' failed: {_reason(exc)}. Nothing was changed: the "
+                f"checkpoint is still complete in {root}; run `vortex publish {root} --repo-id {repo_id}` "
+                "again"
+            ) from None
+        if recut:  # what was pushed becomes the directory's: the new halves, configs and card
+            for name in (*PARTS, CONFIG, META, CARD):
+                if (root / name).is_dir():
+                    shutil.rmtree(root / name)
+                os.replace(source / name, root / name)
+        return done
 
 
 def _hub_exceptions() -> tuple[type[BaseException], ...]:
