@@ -5,6 +5,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -326,3 +327,40 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(tiny_checkpoint, tmp_p
     assert vortex([*command, "--model", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vortex: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+DIE_IN_SECOND_SAVE = """
+import os, signal, sys
+from accelerate import Accelerator
+
+save, calls = Accelerator.save_state, []
+
+
+def dying(self, *args, **kwargs):  # Accelerate writes its files, then the process is killed
+    out = save(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+
+Accelerator.save_state = dying
+from vortex.training.loop import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_inside_a_save_leaves_no_state_that_latest_would_pick(run, tmp_path):
+    recipe, finished = run
+    out, script = tmp_path / "killed", tmp_path / "die.py"
+    script.write_text(DIE_IN_SECOND_SAVE)
+    args = ["--recipe", str(recipe), "--output_dir", str(out), "--checkpointing_steps", "1"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    states = sorted(p.name for p in (out / "state").iterdir())
+    assert states == [".step_2.partial", "step_1"]  # the interrupted save never became step_2
+    assert train([*args, "--resume_from_checkpoint", "latest"]) == 0
+    assert (
+        json.loads((out / "vortex.json").read_text())["test_accuracy"]
+        == json.loads((finished / "vortex.json").read_text())["test_accuracy"]
+    )
