@@ -274,9 +274,47 @@ def test_bad_set_ups_are_refused_before_training(digits, tmp_path):
     with pytest.raises(VortexError, match="has a compute_loss_func already"):
         VortexCallback(digits["test"], target_gpz=3).attach(trainer)
     unattached = trainer_for(tiny_hf_resnet(), tmp_path, digits["train"], max_steps=1)
-    unattached.add_callback(VortexCallback(digits["test"]))
-    with pytest.raises(VortexError, match=r"call `callback.attach\(trainer\)`"):
+    unattached.add_callback(VortexCallback(digits["test"], target_gpz=3))
+    with pytest.raises(
+        VortexError, match=r"changes the Trainer's loss: write `VortexCallback\(probe_ds, ...\)\.attach"
+    ):
         unattached.train()
+
+
+def test_the_standard_callbacks_argument_profiles_without_any_other_call(digits, tmp_path):
+    """`Trainer(callbacks=[VortexCallback(probe_ds)])`: rc2 / rho / gpz reach the log history and the
+    metrics trainer.evaluate() returns; the numbers are the ones a direct profile gives."""
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=32,
+        learning_rate=2e-3,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+        report_to="none",
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+    )
+    probe = digits["test"].select(range(64))
+    cb = VortexCallback(probe)
+    trainer = Trainer(
+        model=tiny_hf_resnet(),
+        args=args,
+        train_dataset=digits["train"],
+        eval_dataset=probe,
+        data_collator=gray,
+        callbacks=[cb],
+    )
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "gpz" in h]
+    assert logged and logged[-1]["step"] == 2 and {k for k in logged[-1] if k.startswith("rho/")}
+    metrics = trainer.evaluate()
+    direct = cb.profile(trainer.model)
+    assert metrics["gpz"] == direct["gpz"]["index"]
+    for s in direct["splits"]:
+        assert metrics[f"rho/{s['name']}"] == pytest.approx(s["rho"], rel=1e-6)
 
 
 def test_two_processes_measure_what_one_process_measures(tmp_path, torchrun):

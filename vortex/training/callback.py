@@ -128,6 +128,7 @@ class VortexCallback(TrainerCallback):
         self._sm: HookSplitModel | None = None
         self._tap: TrainingTap | None = None
         self._measured_step: int | None = None
+        self._last_logs: dict[str, Any] = {}
 
     # ---- wiring -------------------------------------------------------------------------------
 
@@ -154,8 +155,14 @@ class VortexCallback(TrainerCallback):
         return self
 
     def _require_trainer(self) -> None:
-        if self.trainer is None:
-            raise VortexError("VortexCallback needs the Trainer: call `callback.attach(trainer)` before training")
+        """Steering changes the Trainer's loss, which a callback passed in `callbacks=[...]` cannot do."""
+        if self.trainer is None and self.needs_loss:
+            what = f"target_gpz={self.target}" if self.target is not None else "label_smoothing"
+            raise VortexError(
+                f"VortexCallback({what}) changes the Trainer's loss: write "
+                "`VortexCallback(probe_ds, ...).attach(trainer)` after creating the Trainer, instead of "
+                "passing it in Trainer(callbacks=[...]) (that way works for profiling only)"
+            )
 
     def _split_model(self, model: nn.Module) -> HookSplitModel:
         """The split view of `model` (built once per model), its probe example, classes and controller."""
@@ -233,11 +240,19 @@ class VortexCallback(TrainerCallback):
         )
         return self.last_profile
 
-    def _measure(self, model: nn.Module, state: Any, observe: bool = False) -> dict[str, Any]:
-        """Profile now (once per step), let the controller decide if asked, and log the values."""
-        self._require_trainer()
+    def _measure(
+        self, model: nn.Module, state: Any, observe: bool = False, metrics: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Profile now (once per step), let the controller decide if asked, and log the values.
+
+        Attached, the values go through `trainer.log` (so every `report_to` tracker gets them);
+        passed in `callbacks=[...]`, into `state.log_history`; during an evaluation also into the
+        metrics `trainer.evaluate()` returns.
+        """
         step = state.global_step
         if self._measured_step == step and not observe:
+            if metrics is not None:
+                metrics.update(self._last_logs)
             return self.last_profile
         profile = self.profile(model)
         logs = {f"rc2/{s['name']}": s["rc2"] for s in profile["splits"]}
@@ -249,8 +264,13 @@ class VortexCallback(TrainerCallback):
             )
             self.controller.is_better(entry)
             logs.update({"lever/pull": entry["levers"]["pull"], "lever/hold": entry["levers"]["hold"]})
-        self.trainer.log(logs)
-        self._measured_step = step
+        if self.trainer is not None:
+            self.trainer.log(logs)
+        else:
+            state.log_history.append({**logs, "step": step})
+        if metrics is not None:
+            metrics.update(logs)
+        self._measured_step, self._last_logs = step, logs
         return profile
 
     def _meta(self, profile: dict[str, Any], step: int) -> dict[str, Any]:
@@ -319,8 +339,8 @@ class VortexCallback(TrainerCallback):
         elif self.every and state.global_step % self.every == 0:
             self._measure(model, state)
 
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        self._measure(model, state)
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        self._measure(model, state, metrics=metrics)
 
     def on_save(self, args, state, control, model=None, **kwargs):
         profile = self._measure(model, state)
