@@ -108,3 +108,40 @@ def cmd_pull(args: argparse.Namespace) -> int:
     part = "" if args.part == "full" else f', part="{args.part}"'
     print(f'  load    vortex.from_pretrained("{args.out}"{part})')
     return 0
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the edge half, the cloud half or the whole model to ONNX, checked against PyTorch",
+        description="Write PART of a checkpoint as ONNX (dynamic batch axis, split recorded in the file's metadata) "
+        "after onnxruntime matched PyTorch on images of the checkpoint's data set. Default output: "
+        "DIR/edge/model.onnx, DIR/cloud/model.onnx or DIR/model.onnx.",
+    )
+    p.add_argument("directory", help="checkpoint directory written by `vortex train`")
+    p.add_argument("--part", choices=("edge", "cloud", "full"), default="edge", help="what to export (default: edge)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    p.add_argument("--out", help="output file (default: beside the part's weights)")
+    p.add_argument(
+        "--trust-code",
+        "--trust_code",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:FUNCTION",
+        help="allow a checkpoint whose config names this custom architecture to import it (repeatable)",
+    )
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vortex.hub.export import export
+
+    done = export(
+        args.directory, args.part, fmt=args.format, out=args.out, opset=args.opset, trust_code=args.trust_code
+    )
+    print(
+        f"exported the {done.part} of {args.directory} to {done.path} ({human_size(done.path.stat().st_size)}); "
+        f"onnxruntime vs PyTorch on {done.inputs}: max abs diff {done.max_abs_diff:.2e}"
+    )
+    return 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vortex.cli.attack import add_attack_parser
-from vortex.cli.hub import add_publish_parser, add_pull_parser
+from vortex.cli.hub import add_export_parser, add_publish_parser, add_pull_parser
 from vortex.errors import VortexError
 
 DESCRIPTION = """\
@@ -19,6 +19,7 @@ vortex: find where a vision model may be split for private edge-cloud inference.
   vortex train  --recipe recipes/cnn_digits.yaml --output_dir DIR   Accelerate training -> checkpoint
   vortex publish DIR --repo-id ORG/NAME                            push a checkpoint to the Hub (one commit)
   vortex pull   ORG/NAME --part edge --out DIR                     download the edge half only, verified
+  vortex export DIR --part edge --format onnx                      the edge half as ONNX, for onnxruntime
 
 Models: a built-in (cnn, resnet18, vgg16_bn, vit), a checkpoint directory written by vortex,
 a Hub repo id ORG/NAME, or package.module:function returning an nn.Module. Data: digits,
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_attack_parser(sub)
     add_publish_parser(sub)
     add_pull_parser(sub)
+    add_export_parser(sub)
     sub.add_parser(
         "train",
         add_help=False,
