@@ -178,3 +178,26 @@ def test_train_push_to_hub(fake_hub, tmp_path):
     assert commit.repo_id == "org/trained" and sorted(commit.files) == EXPECTED
     assert (out / "state").is_dir()  # kept locally, not published
     assert ModelCard(commit.files["README.md"].decode()).data.eval_results
+
+
+def test_only_the_model_repo_is_published_and_dry_run_pushes_nothing(checkpoint, fake_hub, tmp_path, capsys):
+    work = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, work)
+    for junk in (
+        "baseline/model.safetensors",
+        "best/model.safetensors",
+        "state/step_3/optimizer.bin",
+        "logs/events.out",
+        "probe/profile.json",
+        "privacy/recon_split3.png",
+        "notes.txt",
+    ):
+        (work / junk).parent.mkdir(parents=True, exist_ok=True)
+        (work / junk).write_bytes(b"not for the repo")
+    assert vortex_main(["publish", str(work), "--repo-id", "org/name", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.strip() for line in out.splitlines()[1:]]
+    assert listed == EXPECTED and not fake_hub.requests
+    size = sum((work / f).stat().st_size for f in EXPECTED if f != "README.md")
+    assert out.splitlines()[0].startswith(f"would publish {work} to org/name (main): {len(EXPECTED)} files")
+    assert size < 3_000_000

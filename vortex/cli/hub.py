@@ -28,6 +28,9 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:
         "default: keep them (written at the GPZ if missing)",
     )
     p.add_argument(
+        "--dry-run", "--dry_run", action="store_true", help="list the files and their total size; push nothing"
+    )
+    p.add_argument(
         "--trust-code",
         "--trust_code",
         action="append",
@@ -46,6 +49,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     done = publish(
         args.directory,
         args.repo_id,
+        dry_run=args.dry_run,
         private=args.private,
         revision=args.revision,
         commit_message=args.commit_message,

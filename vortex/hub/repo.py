@@ -46,7 +46,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-NOT_PUBLISHED = ("state", "logs")  # training state (pickles) and tracker logs stay local
+# the top-level files a model repo gets (the halves' files are added per part)
+PUBLISHED = (
+    WEIGHTS,
+    CONFIG,
+    META,
+    CARD,
+    "model.onnx",
+    "profile.json",
+    "profile.png",
+    "vortex.png",
+    "attack.json",
+    "attack.png",
+    "attack/attack.json",
+    "attack/attack.png",
+)
 # what each part needs from a repo; None: everything (a whole checkpoint)
 PATTERNS: dict[str, list[str] | None] = {
     "edge": [CONFIG, "edge/*"],
@@ -285,6 +299,14 @@ class Published:
 
     def summary(self, directory: str | Path) -> str:
         """What a user is told after a push: files, size, commit, halves and how to load them (never the token)."""
+        if not self.commit_url:  # a dry run
+            return "\n".join(
+                [
+                    f"would publish {directory} to {self.repo_id} ({self.revision}): {len(self.files)} files, "
+                    f"{human_size(self.size)}",
+                    *(f"  {name}" for name in self.files),
+                ]
+            )
         lines = [
             f"published {directory} to {self.repo_id} ({self.revision}) in one commit: "
             f"{len(self.files)} files, {human_size(self.size)}",
@@ -305,18 +327,12 @@ class Published:
 
 
 def files_to_publish(directory: str | Path) -> list[str]:
-    """Repo paths of the files `publish` uploads: all but training state, logs, hidden files and pickles."""
+    """Repo paths of the files `publish` uploads: what a model repo needs and nothing else (weights,
+    configs, vortex.json, card, profile, the plots and attack summary the card shows, both halves
+    with their ONNX files); never training state, logs, the baseline run or best-point weights."""
     root = Path(directory)
-    out = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root)
-        if rel.parts[0] in NOT_PUBLISHED or any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            log.warning("not publishing %s: vortex publishes safetensors only", rel)
-            continue
-        out.append(rel.as_posix())
-    return out
+    wanted = [*PUBLISHED, *(f"{p}/{n}" for p in PARTS for n in (WEIGHTS, CONFIG, "model.onnx"))]
+    return sorted(name for name in wanted if (root / name).is_file())
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -361,8 +377,9 @@ def publish(
     tries: int = 3,
     backoff: float = 2.0,
     trust_code: Sequence[str] = (),
+    dry_run: bool = False,
 ) -> Published:
-    """Push a checkpoint directory to a Hub model repo in one commit.
+    """Push a checkpoint directory to a Hub model repo in one commit (`dry_run`: only say what).
 
     Creates the repo if needed (and the branch `revision`), uploads every file but training
     state and logs, with README.md rendered fresh for `repo_id`. Transient failures are retried;
@@ -392,6 +409,8 @@ def publish(
         size = sum(len(card) if f == CARD else (source / f).stat().st_size for f in files)
         api = HfApi(token=token)
         message = commit_message or f"Upload vortex checkpoint ({len(files)} files)"
+        if dry_run:
+            return Published(repo_id, revision or "main", "", files, size, meta.get("halves"))
 
         def push() -> Published:
             repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # the user's namespace if none
