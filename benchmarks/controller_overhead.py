@@ -35,14 +35,18 @@ def main() -> None:
         targeted = run(args.recipe, Path(tmp) / "targeted", args.target_gpz)
     history = targeted["controller"]["history"]
     share = targeted["measure_seconds"] / targeted["train_seconds"]
+    privacy = targeted["privacy"]
+    at_k = next(s["mse"] for s in privacy["splits"] if s["index"] == args.target_gpz)
     print(
-        f"\nrecipe {args.recipe}, target GPZ {args.target_gpz}: reached {targeted['reached_gpz']}, "
+        f"\nrecipe {args.recipe}, target split {args.target_gpz}: rho transition at {targeted['reached_gpz']}, "
+        f"verdict attack MSE at split {args.target_gpz} {at_k:.4f} ({'reached' if privacy['reached'] else 'MISSED'}); "
         f"{len(history)} measurements of {targeted['controller']['config']['probe_samples']} probe samples"
     )
     print(f"  training loop without target : {plain['train_seconds']:7.2f} s")
     print(f"  training loop with controller: {targeted['train_seconds']:7.2f} s")
     print(f"  of which measuring           : {targeted['measure_seconds']:7.2f} s")
     print(f"  measuring share              : {share:7.1%}   (goal <= 5%)")
+    print(f"  verdict attack after training: {targeted['privacy_seconds']:7.2f} s (splits K-1 and K)")
 
 
 if __name__ == "__main__":

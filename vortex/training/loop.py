@@ -561,6 +561,7 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             }
         )
         # rho is the prediction; an inversion attack at K-1 and K decides (vortex/training/privacy.py)
+        verdict_started = time.perf_counter()
         privacy, attacks = verify_privacy(
             sm,
             target,
@@ -575,6 +576,7 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             seed=recipe.seed,
         )
         meta["privacy"] = privacy.to_dict()
+        meta["privacy_seconds"] = time.perf_counter() - verdict_started
         problems = [privacy.problem()] if privacy.problem() else []
         if base_acc is not None and accuracy < base_acc - args.max_accuracy_drop:
             problems.append(
