@@ -135,6 +135,16 @@ def test_unlabelled_sources_are_refused(tmp_path):
         load_data(str(path))
 
 
+@pytest.mark.parametrize("missing", [float("nan"), None])
+def test_missing_labels_in_a_parquet_file_are_one_line(tmp_path, missing):
+    path = tmp_path / "holes.parquet"
+    labels = [float(i % 2) for i in range(6)]
+    labels[3] = missing
+    datasets.Dataset.from_dict({"pixels": np.zeros((6, 4, 4), np.uint8), "label": labels}).to_parquet(path)
+    with pytest.raises(DataError, match=r"column 'label' has missing labels \(None or NaN\): label every image"):
+        load_data(str(path))
+
+
 def test_parquet_with_image_column_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     arrays = rng.integers(0, 256, (12, 5, 6, 3), dtype=np.uint8)

@@ -364,3 +364,40 @@ def test_sigkill_inside_a_save_leaves_no_state_that_latest_would_pick(run, tmp_p
         json.loads((out / "vortex.json").read_text())["test_accuracy"]
         == json.loads((finished / "vortex.json").read_text())["test_accuracy"]
     )
+
+
+def test_a_run_stopped_after_its_last_step_resumes_to_the_right_numbers(run, tmp_path):
+    """Interrupted after the last state was saved (e.g. during the final profile): resuming measures
+    the accuracy again instead of writing the 0.0 a skipped loop would leave."""
+    recipe, finished = run
+    out = tmp_path / "stopped"
+    shutil.copytree(finished / "state" / "step_4", out / "state" / "step_4")
+    assert train(["--recipe", str(recipe), "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
+    got, expected = (json.loads((d / "vortex.json").read_text()) for d in (out, finished))
+    assert got["test_accuracy"] == expected["test_accuracy"] > 0
+    assert got["profile"]["gpz"] == expected["profile"]["gpz"]
+
+
+def test_an_interrupted_final_save_leaves_no_numbers_of_other_weights(tiny_checkpoint, tmp_path, monkeypatch):
+    """New weights are written, then the save dies while cutting the halves: the directory has no
+    vortex.json or card (that would describe the old weights) and the old halves are refused."""
+    from vortex.hub import checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    model, spec, names = load_checkpoint(ckpt)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "write_halves", dies)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(
+            ckpt, model, spec, names, meta=json.loads((tiny_checkpoint / "vortex.json").read_text())
+        )
+    assert not (ckpt / "vortex.json").exists() and not (ckpt / "README.md").exists()
+    with pytest.raises(VortexError, match="was cut from other weights than"):
+        load_half(ckpt, "edge")

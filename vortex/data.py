@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -314,8 +315,8 @@ def _canonical(
         names, to_id = label_feature.names, None
     else:
         values = set().union(*(d.unique(label_col) for d in parts.values()))
-        if None in values:
-            raise DataError(f"{source}: column {label_col!r} has missing labels: label every image")
+        if None in values or any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise DataError(f"{source}: column {label_col!r} has missing labels (None or NaN): label every image")
         names = [str(v) for v in sorted(values)]
         to_id = {v: i for i, v in enumerate(sorted(values))}
     if channels is None:

@@ -23,6 +23,7 @@ from vortex.core.splits import SplitModel, evaluating
 from vortex.errors import VortexError
 from vortex.files import write_atomic, write_json
 from vortex.hub.layout import (
+    CARD,
     CONFIG,
     META,
     PARTS,
@@ -44,7 +45,9 @@ def save_checkpoint(
     split: int | str | None = None,
     card: bool = True,
 ) -> Path:
-    """Write the checkpoint, each file atomically.
+    """Write the checkpoint, each file atomically, so that an interruption never leaves numbers
+    that describe other weights: the old vortex.json and card go first, the new ones come last
+    (an interrupted save has neither; the halves carry their weights' hashes, see `verify_binding`).
 
     The halves are cut at `split` (index or name), by default at the GPZ recorded in
     `meta`; without either, no halves are written (and stale ones are removed).
@@ -52,6 +55,8 @@ def save_checkpoint(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (META, CARD):
+        (out / stale).unlink(missing_ok=True)
     meta = {"vortex_version": __version__, "splits": split_names, **(meta or {})}
     sm = split_model(model, spec, split_names)
     gpz = gpz_index(meta)
@@ -75,12 +80,12 @@ def save_checkpoint(
             **config_halves,
         },
     )
-    write_json(out / META, meta)
     if "profile" in meta:
         from vortex.report.plots import plot_profile
 
         write_json(out / "profile.json", meta["profile"])
         plot_profile(meta["profile"], out / "profile.png")
+    write_json(out / META, meta)
     if card:
         from vortex.hub.cards import write_card
 
