@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -401,3 +402,15 @@ def test_an_interrupted_final_save_leaves_no_numbers_of_other_weights(tiny_check
     assert not (ckpt / "vortex.json").exists() and not (ckpt / "README.md").exists()
     with pytest.raises(VortexError, match="was cut from other weights than"):
         load_half(ckpt, "edge")
+
+
+@pytest.mark.parametrize("command", ["probe", "attack"])
+def test_an_out_that_is_a_file_is_refused_before_any_work(tiny_checkpoint, tmp_path, capsys, command):
+    from vortex.cli.main import main as vortex
+
+    (tmp_path / "taken").write_text("a file")
+    args = [command, "--model", str(tiny_checkpoint), "--dataset", "digits", "--out", str(tmp_path / "taken")]
+    started = time.perf_counter()
+    assert vortex(args) == 2
+    err = capsys.readouterr().err
+    assert "--out " in err and "taken is a file, not a directory" in err and time.perf_counter() - started < 10
