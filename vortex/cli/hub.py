@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vortex.hub.layout import read_half_config
+from vortex.options import add_trust_code_option
 from vortex.report.tables import human_size, shape_text
 
 
@@ -30,15 +31,7 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dry-run", "--dry_run", action="store_true", help="list the files and their total size; push nothing"
     )
-    p.add_argument(
-        "--trust-code",
-        "--trust_code",
-        action="append",
-        default=[],
-        metavar="PACKAGE.MODULE:FUNCTION",
-        help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
-        "vortex never imports code named by a file otherwise",
-    )
+    add_trust_code_option(p)
     p.set_defaults(func=cmd_publish)
 
 
@@ -78,15 +71,7 @@ def add_pull_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="directory to download into")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
-    p.add_argument(
-        "--trust-code",
-        "--trust_code",
-        action="append",
-        default=[],
-        metavar="PACKAGE.MODULE:FUNCTION",
-        help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
-        "vortex never imports code named by a file otherwise",
-    )
+    add_trust_code_option(p)
     p.set_defaults(func=cmd_pull)
 
 
@@ -127,14 +112,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     p.add_argument("--out", help="output file (default: beside the part's weights)")
-    p.add_argument(
-        "--trust-code",
-        "--trust_code",
-        action="append",
-        default=[],
-        metavar="PACKAGE.MODULE:FUNCTION",
-        help="allow a checkpoint whose config names this custom architecture to import it (repeatable)",
-    )
+    add_trust_code_option(p)
     p.set_defaults(func=cmd_export)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from vortex.cli.attack import add_attack_parser
 from vortex.cli.hub import add_export_parser, add_publish_parser, add_pull_parser
 from vortex.errors import VortexError
+from vortex.options import add_trust_code_option
 
 DESCRIPTION = """\
 vortex: find where a vision model may be split for private edge-cloud inference.
@@ -73,15 +74,7 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
         "classes x width per split (default: exact); e.g. 16384 for 224x224 inputs",
     )
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
-    p.add_argument(
-        "--trust-code",
-        "--trust_code",
-        action="append",
-        default=[],
-        metavar="PACKAGE.MODULE:FUNCTION",
-        help="allow a checkpoint whose config names this custom architecture to import it (repeatable); "
-        "vortex never imports code named by a file otherwise",
-    )
+    add_trust_code_option(p)
     p.add_argument("--image-size", type=int, help="resize images to this side (default: what the model needs)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
     p.add_argument(

@@ -47,6 +47,7 @@ from vortex.hub.checkpoint import save_checkpoint
 from vortex.hub.layout import is_checkpoint, read_meta
 from vortex.hub.loading import resolve_spec
 from vortex.models import build_model, split_model
+from vortex.options import add_trust_code_option
 from vortex.report.plots import plot_reconstructions, plot_vortex
 from vortex.report.tables import profile_table
 from vortex.training.config import check_smoothing, load_recipe
@@ -105,15 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'",
     )
     p.add_argument("--model", help="override the recipe's model (built-in name or package.module:function)")
-    p.add_argument(
-        "--trust-code",
-        "--trust_code",
-        action="append",
-        default=[],
-        metavar="PACKAGE.MODULE:FUNCTION",
-        help="allow a recipe that names this custom architecture to import it (repeatable); a --model "
-        "given on the command line is trusted as it is",
-    )
+    add_trust_code_option(p, "a recipe that names it; a --model given on the command line is trusted as it is")
     p.add_argument("--dataset", "--dataset_name", help="override the recipe's data set")
     p.add_argument("--epochs", "--num_train_epochs", type=int, help="override the recipe's number of epochs")
     p.add_argument(
