@@ -7,10 +7,12 @@ HF_ENDPOINT (and HF_HUB_OFFLINE) set, as a user's would.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hub_helpers import SECRET, FakeHub, Olah, git_commit, make_checkpoint, tree_bytes
@@ -36,6 +38,9 @@ def hub(tmp_path_factory):
         for ckpt, tag in ((v1, "v1"), (v2, None)):
             publish(ckpt, REPO, token=SECRET)
             git_commit(olah.mirrors, REPO, fake.commits[-1].files, f"publish {ckpt.name}", tag=tag)
+        shutil.copytree(v2, root / "v2onnx")
+        publish(root / "v2onnx", "org/onnx", token=SECRET, with_onnx=True)
+        git_commit(olah.mirrors, "org/onnx", fake.commits[-1].files, "publish with ONNX halves")
     published = fake.commits[-1].files
     git_commit(
         olah.mirrors, "org/plain", {"config.json": b'{"model_type": "bert"}', "README.md": b"# a model\n"}, "not vortex"
@@ -244,3 +249,46 @@ def test_pull_cli_downloads_the_edge_half_only(hub):
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert bad.stderr.splitlines()[-1].startswith("vortex: error: Hub repo 'org/nohalves' has no cloud/ half")
+
+
+def test_a_device_pulls_only_the_onnx_edge_and_runs_it_with_onnxruntime(hub):
+    out = hub["root"] / "onnx_pulled"
+    env = {**os.environ, "HF_ENDPOINT": hub["olah"].url, "HF_HUB_CACHE": str(hub["root"] / "onnx_cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vortex", "pull", "org/onnx", "--part", "edge", "--format", "onnx", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pulled the edge half of org/onnx (main)" in proc.stdout and "onnxruntime.InferenceSession" in proc.stdout
+    files = sorted(p for p in tree_bytes(out) if not p.startswith(".cache/"))
+    assert files == ["config.json", "edge/config.json", "edge/model.onnx"]  # no weights, no cloud
+    device = (  # the README's device-side example: onnxruntime and numpy only
+        "import json, sys\nimport numpy as np\nimport onnxruntime as ort\n"
+        "edge = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+        "meta = edge.get_modelmeta().custom_metadata_map\n"
+        "x = np.load(sys.argv[2])\n"
+        "np.save(sys.argv[3], edge.run(None, {'pixel_values': x})[0])\n"
+        "print(meta['split'], meta['z_bytes'])\n"
+    )
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    np.save(hub["root"] / "x.npy", x.numpy())
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            device,
+            str(out / "edge" / "model.onnx"),
+            str(hub["root"] / "x.npy"),
+            str(hub["root"] / "z.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    ref = reference(hub["v2"], x)
+    assert run.stdout.split() == [str(ref["k"]), str(4 * int(np.prod(ref["z"].shape[1:])))]
+    np.testing.assert_allclose(np.load(hub["root"] / "z.npy"), ref["edge"].numpy(), atol=1e-5)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from vortex.hub.layout import read_half_config
+from vortex.hub.layout import ONNX_FILE, WEIGHTS, read_half_config
 from vortex.options import add_trust_code_option
 from vortex.report.tables import human_size, shape_text
 
@@ -31,6 +32,12 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dry-run", "--dry_run", action="store_true", help="list the files and their total size; push nothing"
     )
+    p.add_argument(
+        "--with-onnx",
+        "--with_onnx",
+        action="store_true",
+        help="also export both halves to ONNX (edge/model.onnx, cloud/model.onnx), checked against PyTorch",
+    )
     add_trust_code_option(p)
     p.set_defaults(func=cmd_publish)
 
@@ -43,6 +50,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         args.directory,
         args.repo_id,
         dry_run=args.dry_run,
+        with_onnx=args.with_onnx,
         private=args.private,
         revision=args.revision,
         commit_message=args.commit_message,
@@ -71,6 +79,12 @@ def add_pull_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="directory to download into")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="onnx: download only the half's model.onnx and configs (a device needs only onnxruntime)",
+    )
     add_trust_code_option(p)
     p.set_defaults(func=cmd_pull)
 
@@ -78,7 +92,7 @@ def add_pull_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_pull(args: argparse.Namespace) -> int:
     from vortex.hub.repo import folder_size, pull
 
-    path = pull(args.repo_id, args.out, args.part, revision=args.revision, trust_code=args.trust_code)
+    path = pull(args.repo_id, args.out, args.part, revision=args.revision, trust_code=args.trust_code, fmt=args.format)
     count, size = folder_size(path)
     what = "the whole checkpoint" if args.part == "full" else f"the {args.part} half"
     print(
@@ -86,7 +100,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         f"{human_size(size)}, verified"
     )
     if args.part != "full":
-        cfg = read_half_config(path, args.part)
+        cfg = read_half_config(path, args.part, weights=ONNX_FILE if args.format == "onnx" else WEIGHTS)
         s = cfg["split"]
         io = (
             f"image {shape_text(s['input_shape'])} -> z {shape_text(s['z_shape'])} ({s['z_bytes']} bytes)"
@@ -94,6 +108,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
             else f"z {shape_text(s['z_shape'])} -> {shape_text(s['output_shape'])} logits"
         )
         print(f"  split {s['index']} ({s['name']}) of {cfg['architecture']}: {io}, {cfg['params']} params")
+    if args.format == "onnx":
+        print(f'  run     onnxruntime.InferenceSession("{Path(args.out) / args.part / ONNX_FILE}")')
+        return 0
     part = "" if args.part == "full" else f', part="{args.part}"'
     print(f'  load    vortex.from_pretrained("{args.out}"{part})')
     return 0

@@ -23,11 +23,11 @@ import torch
 from vortex import __version__
 from vortex.errors import VortexError
 from vortex.files import write_atomic
-from vortex.hub.layout import read_config, read_half_config, read_meta
+from vortex.hub.layout import ONNX_FILE, read_config, read_half_config, read_meta
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx",)
-ONNX_FILE = "model.onnx"
+
 TOLERANCE = 1e-4  # max abs difference, relative to the largest output magnitude (at least 1)
 
 

@@ -19,6 +19,7 @@ from vortex.errors import VortexError
 
 WEIGHTS, CONFIG, META, CARD = "model.safetensors", "config.json", "vortex.json", "README.md"
 PARTS = ("edge", "cloud")
+ONNX_FILE = "model.onnx"  # a half (or the whole model) exported by `vortex export`
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -61,12 +62,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return read_json_object(meta) if meta.is_file() else {}
 
 
-def read_half_config(path: str | Path, part: str) -> dict[str, Any]:
-    """config.json of the `part` half under `path`, with a clear error when the half is missing."""
+def read_half_config(path: str | Path, part: str, *, weights: str = WEIGHTS) -> dict[str, Any]:
+    """config.json of the `part` half under `path`, with a clear error when the half (its config and
+    its `weights` file: safetensors, or ONNX_FILE for an ONNX download) is missing."""
     half = Path(path) / part
-    if not (half / CONFIG).is_file() or not (half / WEIGHTS).is_file():
+    if not (half / CONFIG).is_file() or not (half / weights).is_file():
         raise VortexError(
-            f"'{path}' has no {part} half ({part}/{CONFIG} and {part}/{WEIGHTS}); write the halves "
+            f"'{path}' has no {part} half ({part}/{CONFIG} and {part}/{weights}); write the halves "
             f"with `vortex publish DIR --split K` or save_checkpoint(..., split=K)"
         )
     config = read_json_object(half / CONFIG)

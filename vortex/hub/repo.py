@@ -31,6 +31,7 @@ from vortex.hub.layout import (
     CARD,
     CONFIG,
     META,
+    ONNX_FILE,
     PARTS,
     WEIGHTS,
     gpz_index,
@@ -52,7 +53,7 @@ PUBLISHED = (
     CONFIG,
     META,
     CARD,
-    "model.onnx",
+    ONNX_FILE,
     "profile.json",
     "profile.png",
     "vortex.png",
@@ -66,6 +67,8 @@ PATTERNS: dict[str, list[str] | None] = {
     "edge": [CONFIG, "edge/*"],
     "cloud": [CONFIG, "cloud/*"],
     "weights": [CONFIG, META, WEIGHTS],
+    "edge-onnx": [CONFIG, f"edge/{CONFIG}", f"edge/{ONNX_FILE}"],  # what a device with onnxruntime needs
+    "cloud-onnx": [CONFIG, f"cloud/{CONFIG}", f"cloud/{ONNX_FILE}"],
     "full": None,
 }
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
@@ -227,6 +230,12 @@ def _check_vortex(path: Path, source: str, part: str, remote: bool = False, trus
         )
     if part == "weights" and not (path / WEIGHTS).is_file():
         raise HubError(f"{where} has no full weights ({WEIGHTS}); load its halves with part='edge' or 'cloud'")
+    if part.endswith("-onnx") and not (path / part.removesuffix("-onnx") / ONNX_FILE).is_file():
+        half = part.removesuffix("-onnx")
+        raise HubError(
+            f"{where} has no {half}/{ONNX_FILE}; its publisher can add it with `vortex publish DIR --repo-id "
+            "ORG/NAME --with-onnx`, or pull the safetensors half without --format onnx"
+        )
 
 
 def fetch_checkpoint(repo_id: str, revision: str | None = None, trust_code: Sequence[str] = ()) -> Path:
@@ -331,7 +340,7 @@ def files_to_publish(directory: str | Path) -> list[str]:
     configs, vortex.json, card, profile, the plots and attack summary the card shows, both halves
     with their ONNX files); never training state, logs, the baseline run or best-point weights."""
     root = Path(directory)
-    wanted = [*PUBLISHED, *(f"{p}/{n}" for p in PARTS for n in (WEIGHTS, CONFIG, "model.onnx"))]
+    wanted = [*PUBLISHED, *(f"{p}/{n}" for p in PARTS for n in (WEIGHTS, CONFIG, ONNX_FILE))]
     return sorted(name for name in wanted if (root / name).is_file())
 
 
@@ -378,6 +387,7 @@ def publish(
     backoff: float = 2.0,
     trust_code: Sequence[str] = (),
     dry_run: bool = False,
+    with_onnx: bool = False,
 ) -> Published:
     """Push a checkpoint directory to a Hub model repo in one commit (`dry_run`: only say what).
 
@@ -393,15 +403,24 @@ def publish(
     root = Path(directory)
     read_config(root)
     recut = split is not None or not all((root / p / WEIGHTS).is_file() for p in PARTS)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".publish-") if recut else nullcontext() as staging:
+    staged = recut or with_onnx
+    with tempfile.TemporaryDirectory(dir=root, prefix=".publish-") if staged else nullcontext() as staging:
         source = root
-        if recut:  # cut the halves in a copy; the directory changes only once the push has succeeded
+        if staged:  # cut / export in a copy; the directory changes only once the push has succeeded
             source = Path(staging)
             for name in files_to_publish(root):
                 (source / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(root / name, source / name)
-            _recut(source, split, trust_code)
-            write_card(source)
+            if recut:
+                for part in PARTS:  # an old half's ONNX would not match the new cut
+                    (source / part / ONNX_FILE).unlink(missing_ok=True)
+                _recut(source, split, trust_code)
+                write_card(source)
+            if with_onnx:
+                from vortex.hub.export import export
+
+                for part in PARTS:
+                    export(source, part, trust_code=trust_code)
         meta = read_meta(source)
         card = str(render_card(source, repo_id)).encode()
         files = files_to_publish(source)
@@ -428,7 +447,7 @@ def publish(
                 f"checkpoint is still complete in {root}; run `vortex publish {root} --repo-id {repo_id}` "
                 "again"
             ) from None
-        if recut:  # what was pushed becomes the directory's: the new halves, configs and card
+        if staged:  # what was pushed becomes the directory's: the new halves (and ONNX), configs and card
             for name in (*PARTS, CONFIG, META, CARD):
                 if (root / name).is_dir():
                     shutil.rmtree(root / name)
@@ -471,17 +490,48 @@ def _recut(root: Path, split: int | str | None, trust_code: Sequence[str] = ()) 
 
 
 def pull(
-    repo_id: str, out: str | Path, part: str = "edge", *, revision: str | None = None, trust_code: Sequence[str] = ()
+    repo_id: str,
+    out: str | Path,
+    part: str = "edge",
+    *,
+    revision: str | None = None,
+    trust_code: Sequence[str] = (),
+    fmt: str = "safetensors",
 ) -> Path:
-    """Download one part ('edge', 'cloud' or 'full': the whole checkpoint) into `out` and verify it loads."""
+    """Download one part ('edge', 'cloud' or 'full': the whole checkpoint) into `out` and verify it loads.
+
+    `fmt="onnx"` downloads only the half's ONNX file and the configs, and checks it in onnxruntime.
+    """
     if part not in (*PARTS, "full"):
         raise VortexError(f"--part must be edge, cloud or full, not '{part}'")
+    if fmt not in ("safetensors", "onnx") or (fmt == "onnx" and part == "full"):
+        raise VortexError(f"--format must be safetensors, or onnx with --part edge or cloud; got {fmt} for {part}")
+    if fmt == "onnx":
+        path = download(repo_id, f"{part}-onnx", revision=revision, local_dir=out, trust_code=trust_code)
+        verify_onnx_half(path, part)
+        return path
     path = download(repo_id, part, revision=revision, local_dir=out, trust_code=trust_code)
     if part == "full":
         load_checkpoint(path, trust_code=trust_code)
     else:
         load_half(path, part, trust_code=trust_code)
     return path
+
+
+def verify_onnx_half(path: Path, part: str) -> None:
+    """Run a half's ONNX file on zeros of its recorded input shape; its output must have the recorded shape."""
+    import numpy as np
+    import onnxruntime
+
+    split = read_half_config(path, part, weights=ONNX_FILE)["split"]
+    shape_in, expected = (
+        (split["input_shape"], split["z_shape"]) if part == "edge" else (split["z_shape"], split["output_shape"])
+    )
+    session = onnxruntime.InferenceSession(str(path / part / ONNX_FILE), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = list(session.run(None, {name: np.zeros((1, *shape_in), np.float32)})[0].shape[1:])
+    if got != list(expected):
+        raise HubError(f"'{path / part / ONNX_FILE}' maps {shape_in} to {got}, not the recorded {expected}")
 
 
 def folder_size(path: str | Path) -> tuple[int, int]:
