@@ -23,6 +23,7 @@ import torch
 from vortex import __version__
 from vortex.errors import VortexError
 from vortex.files import write_atomic
+from vortex.hub.checkpoint import load_checkpoint, load_half
 from vortex.hub.layout import ONNX_FILE, read_config, read_half_config, read_meta
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ def _check_inputs(directory: Path, image_shape: Sequence[int], count: int = 64) 
     return torch.rand(count, *image_shape, generator=generator), f"{count} random images"
 
 
+def _load(directory: Path, part: str, trust_code: Sequence[str]) -> torch.nn.Module:
+    """The verified half (or the whole model) of a local checkpoint, in eval mode."""
+    if part == "full":
+        return load_checkpoint(directory, trust_code=trust_code)[0].eval()
+    return load_half(directory, part, trust_code=trust_code)
+
+
 def export(
     directory: str | Path,
     part: str = "edge",
@@ -74,8 +82,6 @@ def export(
     trust_code: Sequence[str] = (),
 ) -> Exported:
     """Export `part` ('edge', 'cloud' or 'full') of the checkpoint in `directory` to ONNX, verified."""
-    from vortex.hub.repo import from_pretrained
-
     if fmt not in FORMATS:
         raise VortexError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     if part not in ("edge", "cloud", "full"):
@@ -88,7 +94,7 @@ def export(
             "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'vortex-split[export]'"
         ) from None
     directory = Path(directory)
-    module = from_pretrained(directory, part=part, trust_code=trust_code)
+    module = _load(directory, part, trust_code)
     if part == "full":
         config = read_config(directory)
         shape_in = [config["in_channels"], config["image_size"], config["image_size"]]
@@ -99,7 +105,7 @@ def export(
     image_shape = split_meta.get("input_shape", shape_in)
     images, source = _check_inputs(directory, image_shape)
     with torch.no_grad():
-        inputs = images if part != "cloud" else from_pretrained(directory, part="edge", trust_code=trust_code)(images)
+        inputs = images if part != "cloud" else _load(directory, "edge", trust_code)(images)
         reference = module(inputs)
     names = (
         (["pixel_values"], ["z"])
