@@ -136,6 +136,8 @@ def test_card_shows_attack_metrics_per_split_and_parses_back(ckpt, tmp_path, sou
             assert r.task_type == "model-inversion" and r.metric_value == pytest.approx(s[metric])
             assert f"at split {s['index']} ({s['name']})" in r.metric_name
     assert results[("accuracy", None)].metric_value == pytest.approx(read_meta(ckpt)["test_accuracy"])
+    assert (card.data.library_name, card.data.license, card.data.datasets) == ("vortex", "other", None)
+    assert {"split-inference", "model-inversion"} <= set(card.data.tags)
     text = card.text
     assert (
         "| split | name | z shape | payload (bytes) | edge params | rho | R_c^2 | attack MSE | PSNR (dB) | SSIM |"

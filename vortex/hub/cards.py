@@ -168,8 +168,13 @@ def render_card(directory: str | Path, repo_id: str | None = None) -> ModelCard:
     """The model card of the checkpoint in `directory` (`repo_id` fills the loading snippets)."""
     ctx = card_context(directory, repo_id)
     results = eval_results(ctx["profile"], ctx["attack"], ctx["test_accuracy"])
+    dataset = ctx["dataset"]
+    hub_dataset = "/" in dataset and not Path(dataset).exists()  # a Hub dataset id, not a local path
     data = ModelCardData(
         model_name=(repo_id or ctx["title"]).split("/")[-1],
+        library_name="vortex",
+        license=ctx["recipe"].get("license") or "other",
+        datasets=[dataset] if hub_dataset else None,
         pipeline_tag="image-classification",
         tags=["vortex", "split-inference", "collaborative-inference", "model-inversion", "golden-partition-zone"],
         eval_results=results or None,

@@ -37,6 +37,7 @@ class Recipe:
     label_smoothing: float | list[float] | dict[str, float] = 0.0
     probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE_DEFAULTS))
     controller: dict[str, Any] = field(default_factory=dict)
+    license: str = "other"  # of the trained weights; the model card's `license`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +123,7 @@ def check_types(recipe: Recipe, path: Path) -> None:
     for key in MAPPINGS:
         if not isinstance(getattr(recipe, key), dict):
             raise VortexError(f"recipe '{path}': {key} must be a mapping (key: value), got {getattr(recipe, key)!r}")
-    for key in ("model", "dataset", "scheduler"):
+    for key in ("model", "dataset", "scheduler", "license"):
         if not isinstance(getattr(recipe, key), str):
             raise VortexError(f"recipe '{path}': {key} must be a string, got {getattr(recipe, key)!r}")
 
