@@ -98,3 +98,46 @@ def test_untraceable_model_is_a_clear_error():
 def test_unknown_model_name():
     with pytest.raises(VortexError, match="unknown model 'alexnet'"):
         build_model(ModelSpec("alexnet", 10, 1, 8))
+
+
+PINNED = {
+    "cnn": ["block1", "block2", "block3", "block4", "block5", "block6", "fc", "logits"],
+    "resnet18": [
+        "maxpool",
+        "layer1.0",
+        "layer1.1",
+        "layer2.0",
+        "layer2.1",
+        "layer3.0",
+        "layer3.1",
+        "layer4.0",
+        "flatten",
+        "fc",
+    ],
+    "vgg16_bn": [
+        "features.2",
+        "features.6",
+        "features.9",
+        "features.13",
+        "features.16",
+        "features.19",
+        "features.23",
+        "features.26",
+        "features.29",
+        "features.33",
+        "features.36",
+        "features.39",
+        "flatten",
+        "classifier.2",
+        "classifier.5",
+        "classifier.6",
+    ],
+    "vit": ["vit.embeddings", *(f"vit.layers.{i}" for i in range(6)), "classifier"],
+}
+
+
+@pytest.mark.parametrize("arch", BUILTIN_MODELS)
+def test_split_placement_of_every_builtin_is_pinned(arch):
+    """Where the cuts fall is part of every saved profile and checkpoint: moving one must fail here."""
+    spec = ModelSpec(arch, 10, 1, input_size(arch, 8))
+    assert [s.name for s in split_model(build_model(spec), spec).splits] == PINNED[arch]
