@@ -279,3 +279,28 @@ def test_attacks_are_found_by_name_or_by_the_class_the_user_names(tmp_path, monk
         get_attack("myattack:NotAnAttack")
     with pytest.raises(AttackError, match="unknown attack 'nope': choose one of decoder, enhanced, optimize"):
         get_attack("nope")
+
+
+def test_a_flat_two_axis_z_is_centred_as_one_vector():
+    """z of shape [8, 3] is no token grid: the residual channel must not turn it into 16 'tokens'."""
+    from vortex.attacks.base import AttackConfig, AuxPairs
+    from vortex.attacks.decoder import DecoderAttack
+
+    g = torch.Generator().manual_seed(0)
+    z, x = torch.randn(80, 8, 3, generator=g), torch.rand(80, 1, 8, 8, generator=g)
+    attack = DecoderAttack(AttackConfig(epochs=1, progress=False, clusters=3), (1, 8, 8))
+    attack.fit(None, AuxPairs(z[:64], x[:64], z[64:], x[64:]))
+    decoder = attack.decoder[-1]
+    assert decoder.layout.kind == "flat" and decoder.stem.linear.in_features == 2 * 8 * 3
+    assert attack.invert(z[:5]).shape == (5, 1, 8, 8)
+
+
+def test_the_sweep_centres_on_the_model_class_count_by_default():
+    from vortex.attacks.sweep import _z_shapes
+    from vortex.data import load_data
+    from vortex.models import ModelSpec, build_model, split_model
+
+    spec = ModelSpec("cnn", 10, 1, 8, {"width": 4})
+    sm = split_model(build_model(spec), spec)
+    shapes, outputs = _z_shapes(sm, load_data("digits")["test"], [1, 8], 8, 1, torch.device("cpu"))
+    assert shapes == {1: (4, 8, 8), 8: (10,)} and outputs == 10

@@ -172,3 +172,19 @@ def test_a_torchvision_entry_point_trains_with_a_target_and_loads_back(tmp_path)
         load_checkpoint(out)
     model, spec, names = load_checkpoint(out, trust_code=[entry])
     assert spec.architecture == entry and model.fc.out_features == 10 and model.conv1.in_channels == 1
+
+
+def test_a_state_between_two_optimiser_steps_is_refused_before_training(recipe, tmp_path):
+    with pytest.raises(VortexError, match="must be a positive multiple of the gradient accumulation steps"):
+        train(
+            [
+                "--recipe",
+                str(recipe),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--gradient_accumulation_steps",
+                "4",
+                "--checkpointing_steps",
+                "3",
+            ]
+        )

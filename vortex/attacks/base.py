@@ -40,7 +40,7 @@ class AttackConfig:
     feature_memory: int | None = None  # bytes of z kept at once; None: half the free memory
     progress: bool = True
     device: str = "cpu"
-    clusters: int | None = None  # decoder attacks: centre z on this many clusters (default: the class count)
+    clusters: int | None = None  # decoder attacks: centre z on this many clusters (None: the model's class count)
 
     def __post_init__(self) -> None:
         for flag, value in (("--epochs", self.epochs), ("--patience", self.patience), ("--steps", self.steps)):

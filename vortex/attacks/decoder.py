@@ -249,8 +249,13 @@ class DecoderAttack(Attack):
         prepare: list[nn.Module] = [standardize]
         z_shape = tuple(aux.z_train.shape[1:])
         if c.clusters:
-            axis = -1 if z_layout(z_shape).kind == "tokens" else 1
-            prepare.append(ClassCentring.fit(standardize(aux.z_train), c.clusters, axis=axis, seed=self.seed))
+            kind = z_layout(z_shape).kind
+            if kind == "flat" and len(z_shape) > 1:  # centre the vector the decoder reads, not its rows
+                prepare.append(nn.Flatten())
+                z_shape = (math.prod(z_shape),)
+            axis = -1 if kind == "tokens" else 1
+            centred = nn.Sequential(*prepare)(aux.z_train)
+            prepare.append(ClassCentring.fit(centred, c.clusters, axis=axis, seed=self.seed))
             z_shape = doubled(z_shape, axis)
         decoder = build_decoder(z_shape, self.image_shape, width=c.width, enhanced=self.enhanced)
         model = nn.Sequential(*prepare, decoder)

@@ -23,11 +23,11 @@ def _flat(z: torch.Tensor) -> torch.Tensor:
 
 
 def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element mean and std of `z` (float64); elements constant on z get std 1."""
+    """Per-element mean and std of `z` (float64); elements constant on z get std 1 (no relative floor:
+    one huge-variance element must not leave the others unscaled)."""
     z = z.double()
     mean, std = z.mean(0), z.std(0)
-    floor = float(std.max()) * 1e-6 if std.numel() else 0.0
-    return mean.float(), torch.where(std > floor, std, torch.ones_like(std)).float()
+    return mean.float(), torch.where(std > 1e-12, std, torch.ones_like(std)).float()
 
 
 class Standardize(nn.Module):

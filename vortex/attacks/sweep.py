@@ -255,7 +255,10 @@ def attack_splits(
             raise AttackError(f"the {config.attack} attack needs auxiliary images")
         aux_parts = split_aux(aux, aux_samples, config.seed, config.val_fraction)
     n_images = len(private) + sum(len(p) for p in aux_parts or ())
-    dims = {k: math.prod(shape) for k, shape in _z_shapes(sm, private, mine, image_size, channels, device).items()}
+    shapes, outputs = _z_shapes(sm, private, mine, image_size, channels, device)
+    if config.clusters is None:  # centre z on as many clusters as the model has classes
+        config = replace(config, clusters=outputs)
+    dims = {k: math.prod(shape) for k, shape in shapes.items()}
     results = []
     kw = dict(image_size=image_size, channels=channels, device=device, progress=config.progress)
     for group in plan_passes(dims, n_images, config.feature_memory or _memory_budget()):
@@ -281,14 +284,15 @@ def _z_shapes(
     image_size: int | None,
     channels: int | None,
     device: torch.device,
-) -> dict[int, tuple[int, ...]]:
-    """The shape of one sample's z at each of `splits` (checked to be one finite float tensor)."""
+) -> tuple[dict[int, tuple[int, ...]], int]:
+    """The shape of one sample's z at each of `splits` (checked to be one finite float tensor), and
+    the width of the model's output (its class count for a classifier)."""
     if len(ds) == 0:
         raise AttackError("there are no private images to score: the test split is empty")
     x, _ = next(iter(make_loader(ds.select([0]), 1, image_size=image_size, channels=channels)))
     with torch.no_grad(), evaluating(sm.model):
-        zs = sm.forward_all(x.to(device))[1]
-    return {k: tuple(_check_z(sm, k, zs[k - 1]).shape[1:]) for k in splits}
+        out, zs = sm.forward_all(x.to(device))
+    return {k: tuple(_check_z(sm, k, zs[k - 1]).shape[1:]) for k in splits}, int(out.reshape(1, -1).shape[1])
 
 
 def gpz_agreement(zone: Sequence[int], posthoc: dict) -> bool:

@@ -135,7 +135,7 @@ def card_context(directory: str | Path, repo_id: str | None = None) -> dict[str,
     controller = meta.get("controller") if isinstance(meta.get("controller"), dict) else {}
     levers = controller.get("levers") or {}
     accuracy = meta.get("test_accuracy", profile.get("accuracy"))
-    privacy = meta.get("privacy")
+    privacy = meta.get("privacy") if "splits" in (meta.get("privacy") or {}) else None  # None: no verdict attack ran
     return {
         "repo_id": repo_id or "ORG/NAME",
         "title": repo_id or f"{config['architecture']} on {dataset}",

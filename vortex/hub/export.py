@@ -152,9 +152,14 @@ def export(
         onnx.save(model, tmp)
         session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         got = torch.from_numpy(session.run(None, {names[0][0]: inputs.numpy()})[0])
+        if got.shape != reference.shape:
+            raise VortexError(
+                f"the ONNX {part} gives outputs of shape {tuple(got.shape)}, PyTorch "
+                f"{tuple(reference.shape)}; not written. Try another --opset"
+            )
         diff = float((got - reference).abs().max())
         scale = max(1.0, float(reference.abs().max()))
-        if got.shape != reference.shape or diff > tolerance * scale:
+        if not math.isfinite(diff) or diff > tolerance * scale:
             raise VortexError(
                 f"the ONNX {part} differs from PyTorch on {source} (max abs diff {diff:.3g}, allowed "
                 f"{tolerance * scale:.3g}); not written. Try another --opset"

@@ -449,6 +449,8 @@ def publish(
             ) from None
         if staged:  # what was pushed becomes the directory's: the new halves (and ONNX), configs and card
             for name in (*PARTS, CONFIG, META, CARD):
+                if not (source / name).exists():
+                    continue
                 if (root / name).is_dir():
                     shutil.rmtree(root / name)
                 os.replace(source / name, root / name)

@@ -41,7 +41,7 @@ from transformers import get_scheduler
 from vortex.core.probe import collect_stats, profile_model
 from vortex.data import data_shape, load_data, make_loader, num_classes, take
 from vortex.distributed import process_state, sync_buffers
-from vortex.errors import VortexError
+from vortex.errors import AttackError, VortexError
 from vortex.files import check_output_dir, locked, write_atomic, write_json
 from vortex.hub.checkpoint import save_checkpoint
 from vortex.hub.layout import is_checkpoint, read_meta
@@ -202,9 +202,18 @@ def find_resume_dir(output_dir: Path, arg: str) -> Path:
     return candidates[-1]
 
 
-def run_fingerprint(recipe: dict, target: int | None, max_accuracy_drop: float) -> str:
-    """A hash of everything that decides a run's trajectory: a state resumes only into the same run."""
-    settings = {"recipe": recipe, "target_gpz": target, "max_accuracy_drop": max_accuracy_drop}
+def run_fingerprint(
+    recipe: dict, target: int | None, max_accuracy_drop: float, processes: int, accumulation: int
+) -> str:
+    """A hash of everything that decides a run's trajectory (the recipe, the target, and how the
+    batches are spread: processes and accumulation): a state resumes only into the same run."""
+    settings = {
+        "recipe": recipe,
+        "target_gpz": target,
+        "max_accuracy_drop": max_accuracy_drop,
+        "processes": processes,
+        "gradient_accumulation_steps": accumulation,
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -268,7 +277,8 @@ def baseline_accuracy(args: argparse.Namespace, output_dir: Path) -> tuple[Path 
     if args.baseline == "auto" and not is_checkpoint(base_dir):
         base_args = copy.copy(args)
         base_args.output_dir, base_args.target_gpz, base_args.holdout_probe = str(base_dir), None, True
-        base_args.resume_from_checkpoint = "latest" if (base_dir / "state").is_dir() else None
+        complete = any((base_dir / "state").glob(f"step_*/{RUN_STATE}"))  # an interrupted save leaves none
+        base_args.resume_from_checkpoint = "latest" if complete else None
         base_args.with_tracking = base_args.push_to_hub = False
         train(base_args)
     meta = base_dir / "vortex.json"
@@ -431,7 +441,9 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             write_atomic(output_dir / "best" / "model.safetensors", lambda tmp: save_model(model, tmp))
 
     # Resume: vortex's JSON state says how many optimiser steps were done and holds the controller
-    fingerprint = run_fingerprint(recipe.to_dict(), target, args.max_accuracy_drop)
+    fingerprint = run_fingerprint(
+        recipe.to_dict(), target, args.max_accuracy_drop, accelerator.num_processes, accumulation
+    )
 
     def save_state(step: int) -> None:
         save_training_state(
@@ -459,6 +471,11 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             return TARGET_MISSED if done.get("target_reached") is False else 0
 
     every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
+    if every is not None and (every < 1 or every % accumulation):
+        raise VortexError(
+            f"--checkpointing_steps {every} must be a positive multiple of the gradient accumulation steps "
+            f"({accumulation}): a state saved between two optimiser steps would lose the gradients gathered so far"
+        )
     start_epoch, skip = divmod(step, steps_per_epoch)
     accuracy, started, measuring, optimizer_steps = None, time.perf_counter(), 0.0, 0
     net.train()
@@ -555,30 +572,37 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
         )
         # rho is the prediction; an inversion attack at K-1 and K decides (vortex/training/privacy.py)
         verdict_started = time.perf_counter()
-        privacy, attacks = verify_privacy(
-            sm,
-            target,
-            reached,
-            train_ds,
-            test_ds,
-            criterion,
-            num_classes=k_classes,
-            image_size=size,
-            channels=chans,
-            device=accelerator.device,
-            seed=recipe.seed,
-        )
-        meta["privacy"] = privacy.to_dict()
+        try:
+            privacy, attacks = verify_privacy(
+                sm,
+                target,
+                reached,
+                train_ds,
+                test_ds,
+                criterion,
+                num_classes=k_classes,
+                image_size=size,
+                channels=chans,
+                device=accelerator.device,
+                seed=recipe.seed,
+            )
+        except AttackError as exc:  # the trained model is still saved, and the target is not reached
+            privacy, attacks = None, []
+            meta["privacy"] = {"error": str(exc), "reached": False}
+            problems = [f"the verdict attack could not run ({exc}), so split {target} is not verified"]
+        else:
+            meta["privacy"] = privacy.to_dict()
+            problems = [privacy.problem()] if privacy.problem() else []
         meta["privacy_seconds"] = time.perf_counter() - verdict_started
-        problems = [privacy.problem()] if privacy.problem() else []
         if base_acc is not None and accuracy < base_acc - args.max_accuracy_drop:
             problems.append(
                 f"test accuracy {accuracy:.4f} is more than {args.max_accuracy_drop:.3f} below the "
                 f"untargeted run's {base_acc:.4f}"
             )
         status = TARGET_MISSED if problems else 0
+        attack_line = f" {privacy.summary()}." if privacy else ""
         verdict = (
-            "TARGET MISSED: " + "; ".join(problems) + f". {privacy.summary()}. The checkpoint is saved anyway."
+            "TARGET MISSED: " + "; ".join(problems) + f".{attack_line} The checkpoint is saved anyway."
             if problems
             else f"target reached: rho transition at split {target} and split {target} resists inversion "
             f"({privacy.summary()}), test accuracy {accuracy:.4f}"
