@@ -6,7 +6,6 @@ The files are listed in vortex/hub/layout.py.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from vortex.hub.layout import (
     gpz_index,
     read_config,
     read_half_config,
+    read_json_object,
 )
 from vortex.models import ModelSpec, build_model, split_model
 
@@ -153,14 +153,17 @@ def spec_of(config: dict[str, Any], source: Path) -> ModelSpec:
         ) from None
 
 
+def unreadable(weights: Path, exc: Exception) -> VortexError:
+    """The one-line error for a weights file safetensors cannot read (truncated, empty, not safetensors)."""
+    return VortexError(f"'{weights}' is not a readable safetensors file ({exc}); download or save it again")
+
+
 def load_weights(module: nn.Module, weights: Path, what: str) -> None:
     """Load a safetensors file into `module`, every way it can fail said in one line naming the file."""
     try:
         missing, unexpected = load_model(module, str(weights), strict=False)
     except SafetensorError as exc:
-        raise VortexError(
-            f"'{weights}' is not a readable safetensors file ({exc}); download or save it again"
-        ) from None
+        raise unreadable(weights, exc) from None
     except RuntimeError as exc:  # a tensor of another shape: the config and the weights disagree
         raise VortexError(f"'{weights}' does not fit {what}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
@@ -187,9 +190,7 @@ def load_half(path: str | Path, part: str, *, trust_code: Sequence[str] = ()) ->
         with safe_open(str(weights), framework="pt") as f:
             stored = f.metadata() or {}
     except SafetensorError as exc:
-        raise VortexError(
-            f"'{weights}' is not a readable safetensors file ({exc}); download or save it again"
-        ) from None
+        raise unreadable(weights, exc) from None
     if (stored.get("part"), stored.get("split")) != (part, str(k)):
         raise VortexError(
             f"'{weights}' holds the {stored.get('part')} half of split {stored.get('split')}, but its "
@@ -231,10 +232,8 @@ def verify_binding(path: Path, part: str, config: dict[str, Any]) -> None:
             f"'{weights}' does not match the hash in {part}/{CONFIG} ({got[:12]} vs "
             f"{recorded['weights'][:12]}): the file was changed or replaced; download or save it again"
         )
-    top = read_config(path) if (path / CONFIG).is_file() and (path / WEIGHTS).is_file() else None
-    if top is None and (path / CONFIG).is_file():
-        top = json.loads((path / CONFIG).read_text())
-    expected = (top or {}).get("halves_sha256") or {}
+    top = read_json_object(path / CONFIG) if (path / CONFIG).is_file() else {}  # a pull may hold no full weights
+    expected = top.get("halves_sha256") or {}
     if expected and (expected.get(part), expected.get("model")) != (got, recorded.get("model")):
         raise VortexError(
             f"'{path / part}' belongs to another checkpoint: {CONFIG} records other {part} weights "

@@ -10,7 +10,6 @@ HF_HUB_OFFLINE=1 work as usual. Weights load from safetensors only; pickle files
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from vortex.hub.layout import (
     is_checkpoint,
     read_config,
     read_half_config,
+    read_json_object,
     read_meta,
 )
 from vortex.models import BUILTIN_MODELS, split_model
@@ -190,18 +190,8 @@ def download(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path` ({} when absent), with a one-line error when it is not one."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HubError(
-            f"'{path}' is not valid JSON ({exc}); the checkpoint is damaged: download or save it again"
-        ) from None
-    if not isinstance(data, dict):
-        raise HubError(f"'{path}' holds a JSON {type(data).__name__}, not an object; the checkpoint is damaged")
-    return data
+    """A config of a download ({} when absent; one line naming the file when it is not a JSON object)."""
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _check_vortex(path: Path, source: str, part: str, remote: bool = False, trust_code: Sequence[str] = ()) -> None:
