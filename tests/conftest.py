@@ -4,10 +4,12 @@ Markers (all run by `make test`; select with -m): `distributed` (torchrun, 2 pro
 `hub` (a local Hub server), `slow` (a module that trains models end to end).
 """
 
+import os
+import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
-from hub_helpers import free_port
 
 HUB_MODULES = {"test_hub_download.py", "test_hub_publish.py"}
 SLOW_MODULES = {"test_controller.py", "test_attacks_cli.py", "test_callback.py", "test_train.py", "test_faults.py"}
@@ -25,9 +27,21 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture
-def torchrun() -> list[str]:
-    """The start of a 2-process torchrun command line, on a free port of its own."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+def torchrun() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `args` (a script or `-m module` and its arguments) in 2 CPU processes under torchrun.
+
+    `--standalone` lets the rendezvous bind a free port itself (no port picked in advance that another
+    program can take meanwhile). With `check`, a failed run fails the test showing the workers' stderr."""
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if check and proc.returncode != 0:
+            pytest.fail(f"torchrun exited {proc.returncode}:\n{proc.stderr[-4000:]}", pytrace=False)
+        return proc
+
+    return run
 
 
 @pytest.fixture(scope="session")
