@@ -1,14 +1,20 @@
 """Does `--target-gpz K` protect split K? Indicator and attacks side by side, for several K.
 
     python benchmarks/controller_privacy.py --recipe recipes/cnn_digits.yaml --targets 2 3 4 5 6 7
+    python benchmarks/controller_privacy.py --targets 2 3 4 5 6 7 --budgets 0.01 0.02 0.05 --no-posthoc
     python benchmarks/controller_privacy.py --recipe recipes/resnet18_digits.yaml --targets 3 4
 
-Trains the untargeted run once, then one run per K against it. Per K it prints: where the rho
-transition landed (the indicator), the verdict attack's MSE at split K on the targeted model and,
-with the same attack, on the untargeted model at the same split, the post-hoc GPZ (the split after
-the largest rise of attack MSE over all splits of the targeted model; --no-posthoc skips it), test
-accuracy against the untargeted run, the training run's own verdict and wall time. A target counts
-as reached only when the rho transition is at K and split K's attack MSE is at least --privacy-mse.
+Trains the untargeted run once, then one run per K and accuracy budget (`--max-accuracy-drop`)
+against it. Per run it prints: where the rho transition landed (the indicator), the verdict
+attack's MSE at split K on the targeted model and, with the same attack, on the untargeted model
+at the same split, the post-hoc GPZ (the split after the largest rise of attack MSE over all
+splits of the targeted model, for the first budget; --no-posthoc skips it), test accuracy against the untargeted run,
+the training run's own verdict and wall time. A target counts as reached only when the rho
+transition is at K and split K's attack MSE is at least --privacy-mse.
+
+Then the privacy-utility frontier: per K, the highest attack MSE at K among the runs that lost at
+most 1, 2 and 5 accuracy points, drawn with the untargeted model's MSE and the protection line in
+--plot (default benchmarks/results/controller_privacy.png).
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import torch
 
 from vortex.attacks.base import AttackConfig
@@ -70,6 +80,14 @@ def main() -> None:
     p.add_argument("--privacy-mse", type=float, default=0.02, help="attack MSE at K that counts as protected")
     p.add_argument("--no-posthoc", action="store_true", help="skip attacking every split of each targeted model")
     p.add_argument("--out", help="keep the runs here (default: a temporary directory)")
+    p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=[0.02],
+        help="accuracy budgets (--max-accuracy-drop) to train each K with (default: 0.02)",
+    )
+    p.add_argument("--plot", default="benchmarks/results/controller_privacy.png", help="where the frontier plot goes")
     args = p.parse_args()
     recipe = load_recipe(args.recipe)
     extra = ["--epochs", str(args.epochs)] if args.epochs else []
@@ -89,8 +107,8 @@ def main() -> None:
             flush=True,
         )
         rows = []
-        for k in args.targets:
-            out, start = root / f"k{k}", time.perf_counter()
+        for k, budget in ((k, b) for k in args.targets for b in args.budgets):
+            out, start = root / f"k{k}_drop{budget}", time.perf_counter()
             run = train(
                 "--recipe",
                 args.recipe,
@@ -102,6 +120,8 @@ def main() -> None:
                 str(root / "baseline"),
                 "--privacy-mse",
                 str(args.privacy_mse),
+                "--max-accuracy-drop",
+                str(budget),
                 *extra,
             )
             if not (out / "vortex.json").is_file():
@@ -109,7 +129,7 @@ def main() -> None:
             meta = json.loads((out / "vortex.json").read_text())
             mse_k = next(s["mse"] for s in meta["privacy"]["splits"] if s["index"] == k)
             posthoc = None
-            if not args.no_posthoc:
+            if not args.no_posthoc and budget == args.budgets[0]:
                 per_split = attack(out, recipe.dataset, list(range(1, n_splits + 1)), criterion, recipe.seed)
                 indices = sorted(per_split)
                 posthoc = locate_posthoc(indices, [per_split[i] for i in indices]).get("index")
@@ -117,6 +137,7 @@ def main() -> None:
             rows.append(
                 (
                     k,
+                    budget,
                     meta["reached_gpz"],
                     posthoc,
                     mse_k,
@@ -126,21 +147,60 @@ def main() -> None:
                     verdict,
                 )
             )
-            print(f"K={k}: {verdict} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(f"K={k}, budget {budget}: {verdict} ({time.perf_counter() - start:.0f} s)", flush=True)
     print(
         f"\n{args.recipe} on {recipe.dataset}"
         + (f", {args.epochs} epochs" if args.epochs else "")
         + f"; protected at attack MSE >= {args.privacy_mse}; untargeted accuracy {base_acc:.4f}"
     )
     print(
-        f"{'K':>3} {'rho GPZ':>8} {'post-hoc':>9} {'MSE@K targeted':>15} {'untargeted':>11} "
+        f"{'K':>3} {'budget':>7} {'rho GPZ':>8} {'post-hoc':>9} {'MSE@K targeted':>15} {'untargeted':>11} "
         f"{'test acc':>9} {'vs untargeted':>14} {'time':>7}  verdict"
     )
-    for k, rho_gpz, posthoc, mse_k, mse_u, acc, took, verdict in rows:
+    for k, budget, rho_gpz, posthoc, mse_k, mse_u, acc, took, verdict in rows:
         print(
-            f"{k:>3} {rho_gpz:>8} {posthoc if posthoc else '-':>9} {mse_k:>15.4f} {mse_u:>11.4f} {acc:>9.4f} "
-            f"{acc - base_acc:>+14.4f} {took:>6.0f}s  {verdict}"
+            f"{k:>3} {budget:>7} {rho_gpz:>8} {posthoc if posthoc else '-':>9} {mse_k:>15.4f} {mse_u:>11.4f} "
+            f"{acc:>9.4f} {acc - base_acc:>+14.4f} {took:>6.0f}s  {verdict}"
         )
+    frontier = {
+        points: {
+            k: max((r[4] for r in rows if r[0] == k and base_acc - r[6] <= points / 100 + 1e-9), default=None)
+            for k in args.targets
+        }
+        for points in (1, 2, 5)
+    }
+    print(f"\nfrontier: highest attack MSE at K within an accuracy loss of ... (protected at >= {args.privacy_mse})")
+    print(f"{'K':>3} {'untargeted':>11} " + " ".join(f"{f'<= {n} pt':>9}" for n in frontier))
+    for k in args.targets:
+        cells = " ".join(f"{'-' if f[k] is None else f'{f[k]:.4f}':>9}" for f in frontier.values())
+        print(f"{k:>3} {untargeted[k]:>11.4f} {cells}")
+    plot_frontier(args.targets, untargeted, frontier, args.privacy_mse, args.recipe, Path(args.plot))
+    print(f"wrote {args.plot}")
+
+
+def plot_frontier(
+    targets: list[int],
+    untargeted: dict[int, float],
+    frontier: dict[int, dict[int, float | None]],
+    line: float,
+    recipe: str,
+    path: Path,
+) -> None:
+    """Attack MSE at K per accuracy budget, the untargeted model at the same split, the protection line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(targets, [untargeted[k] for k in targets], "o--", color="gray", label="untargeted model")
+    for points, best in frontier.items():
+        ks = [k for k in targets if best[k] is not None]
+        ax.plot(ks, [best[k] for k in ks], "o-", label=f"targeted, <= {points} accuracy pt lost")
+    ax.axhline(line, color="red", ls=":", label=f"protected from here ({line})")
+    ax.set_xlabel("split K (target of --target-gpz)")
+    ax.set_ylabel("verdict attack MSE at split K")
+    ax.set_title(f"privacy-utility frontier: {recipe}", fontsize=9)
+    ax.set_xticks(targets)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,9 @@ def test_levers_enter_the_training_loss(digits, tmp_path):
     out = model(x, output_hidden_states=True)
     before, at = out.hidden_states[1], out.hidden_states[2]  # outputs of stages 0 and 1
     expected = (
-        soft_target_loss(out.logits, y) + 2.0 * batch_rho(at, y, 10) + 3.0 * torch.relu(0.9 - batch_rho(before, y, 10))
+        soft_target_loss(out.logits, y)
+        + 2.0 * batch_rho(at, y, 10, unit=True)
+        + 3.0 * torch.relu(0.9 - batch_rho(before, y, 10))
     )
     assert cb.compute_loss(out, y).item() == pytest.approx(expected.item(), rel=1e-5)
     out = model(x)

@@ -38,11 +38,27 @@ def test_batch_rho_equals_streaming_rho():
     assert batch_rho(z, y, 3).item() == pytest.approx(stats.summary().rho, rel=1e-5)
 
 
+def numpy_rho(z: np.ndarray, y: np.ndarray) -> float:
+    """mean over classes of the mean squared distance to the class mean, over the global variance."""
+    within = [((z[y == c] - z[y == c].mean(0)) ** 2).sum(1).mean() for c in np.unique(y)]
+    return float(np.mean(within) / ((z - z.mean(0)) ** 2).sum(1).mean())
+
+
+def test_pull_acts_on_unit_length_samples_so_a_per_sample_scale_cannot_meet_it():
+    z, y = torch.randn(30, 6) + torch.arange(30).remainder(3).view(-1, 1), torch.arange(30).remainder(3)
+    unit = z.numpy() / np.linalg.norm(z.numpy(), axis=1, keepdims=True)
+    assert batch_rho(z, y, 3, unit=True).item() == pytest.approx(numpy_rho(unit, y.numpy()), rel=1e-5)
+    assert batch_rho(z, y, 3).item() == pytest.approx(numpy_rho(z.numpy(), y.numpy()), rel=1e-5)
+    scaled = z * torch.rand(30, 1).add(0.1).mul(50)  # any per-sample scale leaves it unchanged
+    assert batch_rho(scaled, y, 3, unit=True).item() == pytest.approx(batch_rho(z, y, 3, unit=True).item(), rel=1e-4)
+
+
 def test_lever_loss_by_hand():
     z_prev, z_at, y = torch.randn(20, 5), torch.randn(20, 5), torch.arange(20).remainder(2)
     levers = Levers(pull=2.0, hold=3.0, hold_floor=0.9)
-    expected = 2.0 * batch_rho(z_at, y, 2) + 3.0 * torch.relu(0.9 - batch_rho(z_prev, y, 2))
-    assert lever_loss([z_prev, z_at], y, 2, 4, levers).item() == pytest.approx(expected.item(), rel=1e-6)
+    unit_at = z_at.numpy() / np.linalg.norm(z_at.numpy(), axis=1, keepdims=True)
+    expected = 2.0 * numpy_rho(unit_at, y.numpy()) + 3.0 * max(0.0, 0.9 - numpy_rho(z_prev.numpy(), y.numpy()))
+    assert lever_loss([z_prev, z_at], y, 2, 4, levers).item() == pytest.approx(expected, rel=1e-5)
     assert lever_loss([z_prev, z_at], y, 2, None, levers).item() == 0.0
 
 
@@ -76,6 +92,40 @@ def test_decisions_follow_the_measured_profile():
     on = ctrl.observe(30, curve(4), 0.9, 0.3)
     assert on["reached"] and (ctrl.levers.pull, ctrl.levers.hold) == (pull, hold)
     assert [h["step"] for h in ctrl.history] == [10, 20, 30]
+
+
+def test_rho_on_target_is_not_enough_while_the_online_attack_reads_split_k():
+    ctrl = GPZController(4, NAMES, ControllerConfig(pull=1.0, gain=4.0, every=10), min_mse=0.02)
+    leak = ctrl.observe(10, curve(4), 0.9, 0.1, attack_mse=0.005)
+    # shortfall (0.02 - 0.005) / 0.02 = 0.75 -> factor 2 ** min(4 * 0.75, 2) = 4
+    assert leak["rho_on_target"] and leak["protected"] is False and not leak["reached"]
+    assert ctrl.levers.pull == 4.0 and "leaks (online attack MSE 0.0050 < 0.02): pull x4.00" in leak["decision"]
+    small = ctrl.observe(20, curve(4), 0.9, 0.2, attack_mse=0.019)  # step clipped below at 2 ** 0.5
+    assert ctrl.levers.pull == pytest.approx(4.0 * 2**0.5) and not small["reached"]
+    safe = ctrl.observe(30, curve(4), 0.9, 0.3, attack_mse=0.021)
+    assert safe["reached"] and safe["protected"] and ctrl.levers.pull == pytest.approx(4.0 * 2**0.5)
+    assert ctrl.next_step == 40  # the first protected reading is not yet steady
+    off = ctrl.observe(40, curve(6), 0.9, 0.4, attack_mse=0.03)  # protected, but rho is not at K
+    assert not off["reached"] and "after K" in off["decision"]
+
+
+def test_without_a_privacy_signal_rho_alone_decides():
+    ctrl = GPZController(4, NAMES, ControllerConfig(pull=1.0), min_mse=0.02)
+    entry = ctrl.observe(10, curve(4), 0.9, 0.1)  # the Trainer callback runs no attack
+    assert entry["reached"] and entry["protected"] is None and entry["attack_mse"] is None
+    assert GPZController(4, NAMES, ControllerConfig()).observe(10, curve(4), 0.9, 0.1, attack_mse=0.001)["reached"]
+
+
+def test_best_point_prefers_the_split_that_resists_more_then_the_clearer_lead():
+    ctrl = GPZController(4, NAMES, ControllerConfig(), min_mse=0.02)
+    assert ctrl.is_better(ctrl.observe(10, curve(6), 0.9, 0.1, attack_mse=0.05))
+    assert ctrl.is_better(ctrl.observe(20, curve(4), 0.9, 0.2, attack_mse=0.010))  # at K beats anything off K
+    assert ctrl.is_better(ctrl.observe(30, curve(4), 0.9, 0.3, attack_mse=0.015))
+    assert not ctrl.is_better(ctrl.observe(40, curve(4), 0.9, 0.4, attack_mse=0.012))  # later, but leaks more
+    assert ctrl.is_better(ctrl.observe(50, curve(4), 0.9, 0.5, attack_mse=0.025))
+    # above the line, more MSE is no better: the later point (same lead) wins
+    assert ctrl.is_better(ctrl.observe(60, curve(4), 0.9, 0.6, attack_mse=0.021))
+    assert ctrl.best["step"] == 60 and ctrl.best["attack_mse"] == 0.021
 
 
 def test_interval_doubles_on_target_and_resets_off_target():
@@ -148,7 +198,8 @@ def test_target_run_moves_rho_but_a_leaking_split_is_a_miss(targeted):
     for k in (2, 3):
         assert (out / "privacy" / f"recon_split{k}.png").stat().st_size > 1000
     history = meta["controller"]["history"]
-    assert len(history) >= 5 and {"step", "gpz", "rho", "levers", "decision"} <= set(history[0])
+    assert len(history) >= 5 and {"step", "gpz", "rho", "levers", "decision", "attack_mse"} <= set(history[0])
+    assert all(0 < h["attack_mse"] < 0.1 for h in history)  # the online attack ran at every measurement
     assert meta["test_accuracy"] >= meta["baseline"]["test_accuracy"] - 0.02
     assert probe_gpz(out) == 3  # what a user measures on the held-out test split
     assert (out / "vortex.png").stat().st_size > 10_000
@@ -230,9 +281,12 @@ def test_two_processes_reach_the_same_gpz(targeted, recipe, tmp_path, torchrun):
     assert (proc.returncode == 0) if targeted[1] == 0 else "exitcode: 3" in proc.stderr, proc.stderr[-2000:]
     two = json.loads((out / "vortex.json").read_text())
     one = json.loads((targeted[0] / "vortex.json").read_text())
-    assert two["reached_gpz"] == one["reached_gpz"] == 3
+    assert two["optimizer_steps_this_session"] < one["optimizer_steps_this_session"]  # really two processes
     assert [s["index"] for s in two["privacy"]["splits"]] == [2, 3]  # both processes attacked, one verdict
     assert two["privacy"]["protected"] == one["privacy"]["protected"]
+    # every measurement carries the online attack's number, the same on both processes (one decision)
+    assert all(h["attack_mse"] > 0 for h in two["controller"]["history"])
+    assert two["test_accuracy"] >= one["test_accuracy"] - 0.03
 
 
 def verdict(rho_gpz: int, mse_k: float, min_mse: float = 0.02) -> PrivacyVerdict:

@@ -60,18 +60,27 @@ def plot_profile(profile: dict[str, Any], path: str | Path) -> Path:
 
 
 def plot_vortex(controller: dict[str, Any], split_names: list[str], path: str | Path) -> Path:
-    """The "vortex" plot: rho per split (x) over training steps (y), measured GPZ and target marked."""
+    """The "vortex" plot: rho per split (x) over training steps (y), measured GPZ and target marked;
+    beside it the lever weights and, when measured, the online attack's MSE at K against the line."""
     history = controller["history"]
     rho = np.array([h["rho"] for h in history])
     steps = [h["step"] for h in history]
     idx = np.arange(1, len(split_names) + 1)
-    fig, (ax, levers) = plt.subplots(
-        1, 2, figsize=(11, max(4.0, 0.18 * len(steps) + 2.5)), gridspec_kw={"width_ratios": [3, 1]}, sharey=True
+    attacked = [h.get("attack_mse") for h in history]
+    panels = 3 if any(m is not None for m in attacked) else 2
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(8 + 3 * (panels - 1), max(4.0, 0.18 * len(steps) + 2.5)),
+        gridspec_kw={"width_ratios": [3] + [1] * (panels - 1)},
+        sharey=True,
     )
+    ax, levers = axes[0], axes[1]
     mesh = ax.pcolormesh(idx, steps, rho, shading="nearest", cmap="viridis", vmin=0, vmax=max(1e-6, rho.max()))
     fig.colorbar(mesh, ax=ax, label=r"$\rho$ (within-class share)")
     ax.plot([h["gpz"] for h in history], steps, "o", color="white", mec="black", ms=5, label="measured GPZ")
-    ax.axvline(controller["target_gpz"], color="red", ls="--", lw=1.5, label=f"target {controller['target_gpz']}")
+    k = controller["target_gpz"]
+    ax.axvline(k, color="red", ls="--", lw=1.5, label=f"target {k}")
     ax.set_xticks(idx, [f"{i}\n{n}" for i, n in zip(idx, split_names)], fontsize=7, rotation=30)
     ax.set_xlabel("split")
     ax.set_ylabel("training step")
@@ -81,6 +90,14 @@ def plot_vortex(controller: dict[str, Any], split_names: list[str], path: str | 
     levers.plot([h["levers"]["hold"] for h in history], steps, "-", label="hold (K-1)")
     levers.set_xlabel("lever weight")
     levers.legend(fontsize=8)
+    if panels == 3:
+        privacy = axes[2]
+        privacy.plot([np.nan if m is None else m for m in attacked], steps, "o-", color="tab:purple", ms=4)
+        if controller.get("min_mse") is not None:
+            privacy.axvline(controller["min_mse"], color="red", ls="--", lw=1.2, label="protected from here")
+            privacy.legend(fontsize=8)
+        privacy.set_xlim(left=0)
+        privacy.set_xlabel(f"online attack MSE at split {k}")
     return _save(fig, path, dpi=110)
 
 

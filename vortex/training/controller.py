@@ -2,17 +2,19 @@
 
 Every `every` optimiser steps (doubling up to `max_every` while it stays on target) the
 controller profiles a held-out probe set with the same streaming statistics as `vortex probe`
-(all processes contributing), locates the GPZ on rho, and moves its levers
-(vortex/training/levers.py):
+(all processes contributing), locates the GPZ on rho, reads the privacy signal at K (the online
+attack's MSE, vortex/training/privacy.py) and moves its levers (vortex/training/levers.py):
 
 - GPZ after K, or K's drop beaten by a later one: raise `pull` (tighten the classes at K);
 - GPZ before K, or K's drop beaten by an earlier one: raise `hold` (keep K-1 image-like);
-- on target with the margin: leave the levers as they are.
+- GPZ at K but split K still leaks (online attack MSE below `min_mse`): raise `pull`;
+- on target with the margin, and split K resisting the online attack: leave the levers as they are.
 
 The step is a factor 2**(gain * shortfall), clipped to [2**0.5, 4], where the shortfall is how
-far K's relative drop falls short of leading the largest other drop by the margin. If the
-probe accuracy falls more than `max_accuracy_drop` below the untargeted baseline in the second
-half of training, both levers are halved instead.
+far K's relative drop falls short of leading the largest other drop by the margin (or, for a
+leak, how far the attack MSE falls short of `min_mse`). If the probe accuracy falls more than
+`max_accuracy_drop` below the untargeted baseline in the second half of training, both levers
+are halved instead. Without a privacy signal (the Trainer callback) "on target" is rho alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class ControllerConfig:
     max_every: int = 60  # the interval doubles up to this while it stays on target
     probe_samples: int = 300  # held out from the training split for measuring
     probe_batch_size: int = 300
-    pull: float = 2.0  # initial weight of rho(z_K)
+    pull: float = 8.0  # initial weight of rho of z_K at unit length
     hold: float = 0.0  # initial weight of the hold on rho(z_{K-1})
     hold_start: float = 1.0  # first hold weight once the transition comes too early
     hold_floor: float = 0.9  # the hold keeps rho at K-1 above this share of the highest rho before it
@@ -71,9 +73,11 @@ class GPZController:
         config: ControllerConfig,
         baseline_accuracy: float | None = None,
         max_accuracy_drop: float | None = None,
+        min_mse: float | None = None,
     ):
         check_target(target, split_names)
         self.target, self.split_names, self.config = target, split_names, config
+        self.min_mse = min_mse  # the online attack's MSE at K must reach it; None: rho alone decides
         self.baseline_accuracy, self.max_accuracy_drop = baseline_accuracy, max_accuracy_drop
         self.levers = Levers(pull=config.pull, hold=config.hold, hold_floor=0.0)  # floor set from measurements
         self.history: list[dict[str, Any]] = []
@@ -89,25 +93,33 @@ class GPZController:
         """The splits whose z the levers need in the loss: K-1 and K."""
         return [self.target - 1, self.target]
 
-    def assess(self, rho: list[float]) -> dict[str, Any]:
-        """Where the GPZ is and how clearly K's drop leads (ratio >= margin means on target)."""
+    def assess(self, rho: list[float], attack_mse: float | None = None) -> dict[str, Any]:
+        """Where the GPZ is, how clearly K's drop leads (ratio >= margin: on target by rho) and whether
+        split K resists the online attack (`protected`, None without a signal or a criterion)."""
         gpz = locate_gpz(rho, "rho")
         drops, k = gpz["drops"], self.target - 2
         others = [(d, i + 2) for i, d in enumerate(drops) if i != k]
         runner_up, runner_split = max(others) if others else (0.0, self.target)
         ratio = drops[k] / max(runner_up, 1e-6)
+        on_rho = gpz["index"] == self.target and ratio >= self.config.margin
+        protected = None if attack_mse is None or self.min_mse is None else attack_mse >= self.min_mse
         return {
             "gpz": gpz["index"],
             "zone": gpz["zone"],
             "drops": drops,
             "ratio": ratio,
             "runner_up": runner_split,
-            "reached": gpz["index"] == self.target and ratio >= self.config.margin,
+            "rho_on_target": on_rho,
+            "protected": protected,
+            "reached": on_rho and protected is not False,
         }
 
-    def observe(self, step: int, rho: list[float], accuracy: float, progress: float) -> dict[str, Any]:
-        """Record one measurement, move the levers, and return the logged decision."""
-        a = self.assess(rho)
+    def observe(
+        self, step: int, rho: list[float], accuracy: float, progress: float, attack_mse: float | None = None
+    ) -> dict[str, Any]:
+        """Record one measurement (with the online attack's MSE at K when there is one), move the
+        levers, and return the logged decision."""
+        a = self.assess(rho, attack_mse)
         cfg, lv = self.config, self.levers
         lv.hold_floor = cfg.hold_floor * max(rho[: max(self.target - 2, 1)])
         shortfall = (cfg.margin - a["ratio"]) / cfg.margin  # how far K's drop is from leading
@@ -123,6 +135,13 @@ class GPZController:
             decision = f"accuracy {accuracy:.3f} below baseline {self.baseline_accuracy:.3f}: halve both levers"
         elif a["reached"]:
             decision = "on target: keep levers"
+        elif a["rho_on_target"]:  # the indicator is at K, the attack says split K still leaks
+            leak = (self.min_mse - attack_mse) / self.min_mse
+            factor = 2.0 ** min(max(cfg.gain * leak, 0.5), 2.0)
+            lv.pull = min(max(lv.pull, 0.25) * factor, cfg.max_weight)
+            decision = (
+                f"rho at K but split K leaks (online attack MSE {attack_mse:.4f} < {self.min_mse}): pull x{factor:.2f}"
+            )
         elif a["gpz"] > self.target or (a["gpz"] == self.target and a["runner_up"] > self.target):
             lv.pull = min(max(lv.pull, 0.25) * factor, cfg.max_weight)
             decision = f"transition after K (largest drop at {a['gpz']}): pull x{factor:.2f}"
@@ -138,6 +157,9 @@ class GPZController:
             "gpz": a["gpz"],
             "zone": a["zone"],
             "ratio": a["ratio"],
+            "rho_on_target": a["rho_on_target"],
+            "attack_mse": attack_mse,
+            "protected": a["protected"],
             "reached": a["reached"],
             "accuracy": accuracy,
             "rho": rho,
@@ -149,20 +171,23 @@ class GPZController:
         return entry
 
     def is_better(self, entry: dict[str, Any]) -> bool:
-        """Closer to K (then clearer, then later) than the best seen, and within the accuracy bound."""
+        """Closer to K (then harder to invert at K, up to `min_mse`, then clearer, then later) than the
+        best seen, and within the accuracy bound."""
         if (
             self.baseline_accuracy is not None
             and self.max_accuracy_drop is not None
             and entry["accuracy"] < self.baseline_accuracy - self.max_accuracy_drop
         ):
             return False
-        key = (-abs(entry["gpz"] - self.target), min(entry["ratio"], self.config.margin), entry["step"])
+        privacy = min(entry.get("attack_mse") or 0.0, self.min_mse or 0.0)
+        key = (-abs(entry["gpz"] - self.target), privacy, min(entry["ratio"], self.config.margin), entry["step"])
         if self.best is None or key >= tuple(self.best["key"]):
             self.best = {
                 "key": list(key),
                 "step": entry["step"],
                 "gpz": entry["gpz"],
                 "ratio": entry["ratio"],
+                "attack_mse": entry.get("attack_mse"),
                 "accuracy": entry["accuracy"],
             }
             return True
@@ -190,6 +215,7 @@ class GPZController:
             "levers": self.levers.to_dict(),
             "baseline_accuracy": self.baseline_accuracy,
             "max_accuracy_drop": self.max_accuracy_drop,
+            "min_mse": self.min_mse,
             "best": self.best,
             "history": self.history,
         }

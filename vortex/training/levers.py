@@ -3,8 +3,11 @@
 - `alpha`: label smoothing (global, per class, or scheduled from `start` to `end`), through
   `soft_target_loss`. It reshapes the label distribution everywhere at once: on its own it moves
   the transition little (docs/science.md, "Training dynamics").
-- `pull`: weight of rho(z_K) of the batch, computed with its labels: tightens the class clouds
-  at split K, so the collapse happens there.
+- `pull`: weight of rho of the batch's z_K with every sample scaled to unit length, computed with
+  its labels: tightens the class clouds at split K, so the collapse happens there. At unit
+  length no per-sample rescaling can meet the penalty, and it removes more of what an attack
+  reads than rho on raw z (default recipe, K = 3, fixed weight 10: attack MSE at K 0.015
+  against 0.011).
 - `hold`: weight of max(0, floor - rho(z_{K-1})): keeps split K-1 feature-level, so the
   collapse is not already complete before K.
 """
@@ -20,9 +23,12 @@ import torch.nn.functional as F
 from vortex.errors import VortexError
 
 
-def batch_rho(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Differentiable rho = mean_c R_c^2 / global variance of one batch (classes with < 2 samples skipped)."""
+def batch_rho(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, unit: bool = False) -> torch.Tensor:
+    """Differentiable rho = mean_c R_c^2 / global variance of one batch (classes with < 2 samples
+    skipped); with `unit`, of the samples scaled to unit L2 length."""
     z = z.reshape(z.shape[0], -1).float()
+    if unit:
+        z = F.normalize(z, dim=1)
     onehot = F.one_hot(y, num_classes).float()
     count = onehot.sum(0)
     means = onehot.T @ z / count.clamp(min=1).unsqueeze(1)
@@ -69,7 +75,7 @@ def lever_loss(
     if target is None or (levers.pull == 0 and levers.hold == 0):
         return y.new_zeros((), dtype=torch.float32)
     *before, at = zs
-    loss = levers.pull * batch_rho(at, y, num_classes)
+    loss = levers.pull * batch_rho(at, y, num_classes, unit=True)
     if before and levers.hold:
         loss = loss + levers.hold * F.relu(levers.hold_floor - batch_rho(before[0], y, num_classes))
     return loss

@@ -54,7 +54,7 @@ from vortex.training.config import check_smoothing, load_recipe
 from vortex.training.controller import ControllerConfig, GPZController, check_target
 from vortex.training.levers import lever_loss, smoothing_at
 from vortex.training.loss import soft_target_loss
-from vortex.training.privacy import RECOGNISABLE_MSE, PrivacyCriterion, verify_privacy
+from vortex.training.privacy import RECOGNISABLE_MSE, OnlineAttacker, PrivacyCriterion, verify_privacy
 
 TARGET_MISSED = 3
 RUN_STATE = "vortex_state.json"  # vortex's part of a saved training state (controller, run fingerprint)
@@ -379,11 +379,18 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
     controller = None
     if target is not None:  # accuracy guard: held-out probe accuracy vs the baseline's test accuracy
         controller = GPZController(
-            target, split_names, ctrl_cfg, base_acc, args.max_accuracy_drop if base_acc is not None else None
+            target,
+            split_names,
+            ctrl_cfg,
+            base_acc,
+            args.max_accuracy_drop if base_acc is not None else None,
+            min_mse=criterion.min_mse,
         )
+        online = OnlineAttacker(train_ds, probe_ds, image_size=spec.image_size, channels=spec.in_channels)
         accelerator.print(
             f"controller: target GPZ at split {target} ({split_names[target - 1]}), measuring every "
-            f"{ctrl_cfg.every}-{ctrl_cfg.max_every} steps on {len(probe_ds)} held-out samples"
+            f"{ctrl_cfg.every}-{ctrl_cfg.max_every} steps on {len(probe_ds)} held-out samples (rho, and an "
+            f"online attack at split {target} that must reach MSE {criterion.min_mse})"
             + (f"; baseline test accuracy {base_acc:.4f}" if base_acc is not None else "")
         )
 
@@ -409,6 +416,8 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             "vortex", config={k: v for k, v in recipe.to_dict().items() if isinstance(v, (int, float, str, bool))}
         )
 
+    online_seconds: list[float] = []  # the online attack's share of measuring, per measurement
+
     def measure(step: int) -> None:
         """Profile the probe set (every process a shard), let the controller decide, keep the best weights."""
         sync_buffers(model)  # batch-norm statistics as rank 0 has them
@@ -422,15 +431,21 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             progress=False,
             sketch_dim=recipe.probe.get("sketch_dim"),
         )
-        entry = controller.observe(step, [s.summary().rho for s in stats], acc, step / max(total_steps, 1))
+        started_attack = time.perf_counter()
+        attack_mse = online(sm, target, accelerator.device)
+        online_seconds.append(time.perf_counter() - started_attack)
+        entry = controller.observe(
+            step, [s.summary().rho for s in stats], acc, step / max(total_steps, 1), attack_mse=attack_mse
+        )
         accelerator.print(
-            f"step {step}: GPZ {entry['gpz']} (target {target}, lead {entry['ratio']:.2f}), "
-            f"probe accuracy {acc:.3f} -> {entry['decision']}"
+            f"step {step}: GPZ {entry['gpz']} (target {target}, lead {entry['ratio']:.2f}), online attack MSE "
+            f"at {target} {attack_mse:.4f}, probe accuracy {acc:.3f} -> {entry['decision']}"
         )
         if args.with_tracking:
             accelerator.log(
                 {
                     "gpz": entry["gpz"],
+                    "online_attack_mse": attack_mse,
                     "lever/pull": entry["levers"]["pull"],
                     "lever/hold": entry["levers"]["hold"],
                     "probe_accuracy": acc,
@@ -566,6 +581,7 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
                 "target_gpz": target,
                 "reached_gpz": reached,
                 "measure_seconds": measuring,
+                "online_attack_seconds": sum(online_seconds),
                 "baseline": {"dir": str(base_dir) if base_dir else None, "test_accuracy": base_acc},
                 "controller": controller.summary(),
             }
