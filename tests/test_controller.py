@@ -27,7 +27,7 @@ seed: 0
 epochs: 6
 batch_size: 64
 optimizer: {name: adamw, lr: 0.003, weight_decay: 0.0005}
-controller: {every: 15, probe_samples: 300}
+controller: {every: 15, probe_samples: 300, pull: 8.0}
 """
 
 

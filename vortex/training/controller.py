@@ -35,7 +35,7 @@ class ControllerConfig:
     max_every: int = 60  # the interval doubles up to this while it stays on target
     probe_samples: int = 300  # held out from the training split for measuring
     probe_batch_size: int = 300
-    pull: float = 8.0  # initial weight of rho of z_K at unit length
+    pull: float = 2.0  # initial weight of rho of z_K at unit length
     hold: float = 0.0  # initial weight of the hold on rho(z_{K-1})
     hold_start: float = 1.0  # first hold weight once the transition comes too early
     hold_floor: float = 0.9  # the hold keeps rho at K-1 above this share of the highest rho before it
