@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -40,6 +41,20 @@ from vortex.data import data_shape, load_data, num_classes, take
 from vortex.hub.loading import load_model
 from vortex.training.config import load_recipe
 from vortex.training.privacy import PrivacyCriterion
+
+
+class Row(NamedTuple):
+    """One targeted run of the benchmark."""
+
+    k: int
+    budget: float
+    rho_gpz: int
+    posthoc: int | None
+    mse_k: float
+    mse_untargeted: float
+    accuracy: float
+    seconds: float
+    verdict: str
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
@@ -135,7 +150,7 @@ def main() -> None:
                 posthoc = locate_posthoc(indices, [per_split[i] for i in indices]).get("index")
             verdict = "reached" if meta["target_reached"] else "MISSED"
             rows.append(
-                (
+                Row(
                     k,
                     budget,
                     meta["reached_gpz"],
@@ -164,7 +179,7 @@ def main() -> None:
         )
     frontier = {
         points: {
-            k: max((r[4] for r in rows if r[0] == k and base_acc - r[6] <= points / 100 + 1e-9), default=None)
+            k: max((r.mse_k for r in rows if r.k == k and base_acc - r.accuracy <= points / 100 + 1e-9), default=None)
             for k in args.targets
         }
         for points in (1, 2, 5)

@@ -16,3 +16,15 @@ def add_trust_code_option(parser: argparse.ArgumentParser, whose: str = "a check
         help=f"import this custom architecture for {whose} (repeatable); vortex never imports code named by a "
         "file otherwise",
     )
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """How a command adapts a data set to the model: `--image-size`, `--channels`, `--data-seed`."""
+    parser.add_argument("--image-size", type=int, help="resize images to this side (default: what the model needs)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="seed of the train/test split of data sets without one (default: 0, as vortex train uses)",
+    )

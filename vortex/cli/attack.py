@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vortex.errors import ProfileError
-from vortex.options import add_trust_code_option
+from vortex.options import add_input_options, add_trust_code_option
 
 HELP = """\
 Attack z at each split and measure how well the input can be rebuilt.
@@ -95,14 +95,7 @@ def add_attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, decoders and shuffles (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="decoder training batch (default: 64)")
     add_trust_code_option(p)
-    p.add_argument("--image-size", type=int, help="resize images to this side (default: what the model needs)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
-    p.add_argument(
-        "--data-seed",
-        type=int,
-        default=0,
-        help="seed of the train/test split of data sets without one (default: 0, as vortex train uses)",
-    )
+    add_input_options(p)
     p.set_defaults(func=cmd_attack)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from vortex.cli.attack import add_attack_parser
 from vortex.cli.hub import add_export_parser, add_publish_parser, add_pull_parser
 from vortex.errors import VortexError
-from vortex.options import add_trust_code_option
+from vortex.options import add_input_options, add_trust_code_option
 
 DESCRIPTION = """\
 vortex: find where a vision model may be split for private edge-cloud inference.
@@ -75,14 +75,7 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
     add_trust_code_option(p)
-    p.add_argument("--image-size", type=int, help="resize images to this side (default: what the model needs)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
-    p.add_argument(
-        "--data-seed",
-        type=int,
-        default=0,
-        help="seed of the train/test split of data sets without one (default: 0, as vortex train uses)",
-    )
+    add_input_options(p)
     p.set_defaults(func=cmd_probe)
 
 

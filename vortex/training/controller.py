@@ -93,6 +93,10 @@ class GPZController:
         """The splits whose z the levers need in the loss: K-1 and K."""
         return [self.target - 1, self.target]
 
+    def _step(self, shortfall: float) -> float:
+        """Lever factor 2**(gain * shortfall), clipped to [2**0.5, 4]."""
+        return 2.0 ** min(max(self.config.gain * shortfall, 0.5), 2.0)
+
     def assess(self, rho: list[float], attack_mse: float | None = None) -> dict[str, Any]:
         """Where the GPZ is, how clearly K's drop leads (ratio >= margin: on target by rho) and whether
         split K resists the online attack (`protected`, None without a signal or a criterion)."""
@@ -122,8 +126,7 @@ class GPZController:
         a = self.assess(rho, attack_mse)
         cfg, lv = self.config, self.levers
         lv.hold_floor = cfg.hold_floor * max(rho[: max(self.target - 2, 1)])
-        shortfall = (cfg.margin - a["ratio"]) / cfg.margin  # how far K's drop is from leading
-        factor = 2.0 ** min(max(cfg.gain * shortfall, 0.5), 2.0)
+        factor = self._step((cfg.margin - a["ratio"]) / cfg.margin)  # how far K's drop is from leading
         guard = (
             self.baseline_accuracy is not None
             and self.max_accuracy_drop is not None
@@ -136,8 +139,7 @@ class GPZController:
         elif a["reached"]:
             decision = "on target: keep levers"
         elif a["rho_on_target"]:  # the indicator is at K, the attack says split K still leaks
-            leak = (self.min_mse - attack_mse) / self.min_mse
-            factor = 2.0 ** min(max(cfg.gain * leak, 0.5), 2.0)
+            factor = self._step((self.min_mse - attack_mse) / self.min_mse)
             lv.pull = min(max(lv.pull, 0.25) * factor, cfg.max_weight)
             decision = (
                 f"rho at K but split K leaks (online attack MSE {attack_mse:.4f} < {self.min_mse}): pull x{factor:.2f}"

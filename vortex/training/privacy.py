@@ -21,6 +21,7 @@ from typing import Any
 
 import datasets
 import torch
+from accelerate.utils import broadcast
 
 from vortex.attacks.base import AttackConfig
 from vortex.attacks.ridge import ridge_inversion
@@ -169,7 +170,9 @@ class OnlineAttacker:
         state = process_state()
         mse = torch.zeros((), dtype=torch.float64, device=device)
         if state.is_main_process:
-            edge = self._edges.setdefault(split, sm.edge(split))
+            if split not in self._edges:
+                self._edges[split] = sm.edge(split)
+            edge = self._edges[split]
             with torch.no_grad(), evaluating(sm.model):
 
                 def features(x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +183,5 @@ class OnlineAttacker:
                 )
             mse.fill_(result.mse)
         if state.num_processes > 1:
-            from accelerate.utils import broadcast
-
             mse = broadcast(mse)
         return float(mse)
