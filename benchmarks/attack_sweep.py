@@ -30,9 +30,11 @@ from vortex.distributed import process_state
 from vortex.files import write_json
 from vortex.hub.layout import is_checkpoint, read_meta
 from vortex.hub.loading import LoadedModel, load_model
+from vortex.logs import show_logs
+from vortex.records import AttackReport, Profile
 from vortex.report.plots import plot_attack
 from vortex.report.tables import attack_table
-from vortex.training.loop import main as train
+from vortex.train import TrainConfig, train
 
 SETTINGS = {  # train images, train epochs, aux images, private images, decoder epochs
     "full": {"cnn": (12000, 3), "resnet18": (5000, 2), "aux": 2000, "private": 500, "epochs": 10},
@@ -64,7 +66,7 @@ def trained(model: str, out: Path, samples: int, epochs: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
     start = time.perf_counter()
-    train(["--recipe", str(path), "--output_dir", str(ckpt)])
+    train(TrainConfig(recipe=path, output_dir=ckpt))
     print(f"trained {model} in {time.perf_counter() - start:.0f} s")
     return ckpt
 
@@ -77,7 +79,7 @@ class Target:
     ckpt: Path
     loaded: LoadedModel
     private: datasets.Dataset
-    profile: dict
+    profile: Profile
     probe_seconds: float
 
     @property
@@ -119,26 +121,27 @@ def sweep(target: Target, aux_name: str, aux: tuple[datasets.Dataset, str], sett
         **target.image_kw,
     )
     sweep_s = time.perf_counter() - start
-    result = attack_report(
+    report = attack_report(
         attacks,
         model=target.model,
         dataset="fashion-mnist",
         aux_dataset=aux_name,
         attack="decoder",
         profile=target.profile,
-        extra={
-            "aux_source": aux[1],
-            "probe_seconds": target.probe_seconds,
-            "sweep_seconds": sweep_s,
-            "accuracy": target.profile["accuracy"],
-        },
+        aux_source=aux[1],
     )
-    mse = {s["index"]: s["mse"] for s in result["splits"]}
-    for key, gpz in (("gpz", result["gpz_predicted"]), ("posthoc", result["gpz_posthoc"])):
-        result[f"mse_ratio_{key}_to_split1"] = mse[gpz["index"]] / mse[1] if gpz["index"] else None
+    result = {
+        **report.to_dict(),
+        "probe_seconds": target.probe_seconds,
+        "sweep_seconds": sweep_s,
+        "accuracy": target.profile.accuracy,
+    }
+    mse = report.mse()
+    for key, gpz in (("gpz", report.gpz_predicted), ("posthoc", report.gpz_posthoc)):
+        result[f"mse_ratio_{key}_to_split1"] = mse[gpz.index] / mse[1] if gpz.index else None
     run_dir = out / f"{target.model}_{aux_name}"
     write_json(run_dir / "attack.json", result)
-    plot_attack(result, run_dir / "attack.png")
+    plot_attack(report, run_dir / "attack.png")
     return result
 
 
@@ -147,6 +150,7 @@ def _ratio(value: float | None) -> str:
 
 
 def main() -> None:
+    show_logs()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller models, data and budgets (a few minutes)")
     parser.add_argument(
@@ -165,7 +169,7 @@ def main() -> None:
                 f"\n== {model} on fashion-mnist (accuracy {result['accuracy']:.3f}), aux {aux_name} "
                 f"({result['aux_source']}, {setting['aux']} images), {setting['private']} private test images"
             )
-            print(attack_table(result))
+            print(attack_table(AttackReport.from_dict(result)))
             summary.append(result)
     print(
         f"\n{'model':<9} {'aux':<14} {'acc':>5} {'GPZ a priori':>12} {'post hoc':>8} {'agree':>5} "

@@ -15,14 +15,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from vortex.training.loop import main as train
+from vortex.logs import show_logs
+from vortex.train import TrainConfig, train
 
 
 def run(recipe: str, out: Path, target: int | None) -> dict:
-    args = ["--recipe", recipe, "--output_dir", str(out)]
-    if target is not None:
-        args += ["--target-gpz", str(target), "--baseline", "none"]
-    train(args)
+    train(TrainConfig(recipe=recipe, output_dir=out, target_gpz=target, baseline="none"))
     return json.loads((out / "vortex.json").read_text())
 
 
@@ -31,6 +29,7 @@ def main() -> None:
     p.add_argument("--recipe", default="recipes/cnn_digits.yaml")
     p.add_argument("--target-gpz", type=int, default=6)
     args = p.parse_args()
+    show_logs()
     with tempfile.TemporaryDirectory() as tmp:
         plain = run(args.recipe, Path(tmp) / "plain", None)
         targeted = run(args.recipe, Path(tmp) / "targeted", args.target_gpz)

@@ -20,9 +20,6 @@ most 1, 2 and 5 accuracy points, drawn with the untargeted model's MSE and the p
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +36,7 @@ from vortex.attacks.sweep import attack_splits
 from vortex.core.gpz import locate_posthoc
 from vortex.data import data_shape, load_data, num_classes, take
 from vortex.hub.loading import load_model
+from vortex.train import TrainConfig, train
 from vortex.training.config import load_recipe
 from vortex.training.privacy import PrivacyCriterion
 
@@ -55,10 +53,6 @@ class Row(NamedTuple):
     accuracy: float
     seconds: float
     verdict: str
-
-
-def train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vortex", "train", *args], capture_output=True, text=True)
 
 
 def attack(ckpt: Path, dataset: str, splits: list[int], criterion: PrivacyCriterion, seed: int) -> dict[int, float]:
@@ -105,19 +99,19 @@ def main() -> None:
     p.add_argument("--plot", default="benchmarks/results/controller_privacy.png", help="where the frontier plot goes")
     args = p.parse_args()
     recipe = load_recipe(args.recipe)
-    extra = ["--epochs", str(args.epochs)] if args.epochs else []
     criterion = PrivacyCriterion(min_mse=args.privacy_mse)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
         start = time.perf_counter()
-        base = train("--recipe", args.recipe, "--output_dir", str(root / "baseline"), "--holdout-probe", *extra)
-        if base.returncode:
-            sys.exit(base.stderr)
-        base_meta = json.loads((root / "baseline" / "vortex.json").read_text())
-        base_acc, n_splits = base_meta["test_accuracy"], len(base_meta["splits"])
+        base = train(
+            TrainConfig(
+                recipe=args.recipe, output_dir=root / "baseline", holdout_probe=True, num_train_epochs=args.epochs
+            )
+        )
+        base_acc, n_splits = base.test_accuracy, len(base.profile.splits)
         untargeted = attack(root / "baseline", recipe.dataset, sorted(set(args.targets)), criterion, recipe.seed)
         print(
-            f"untargeted run: rho transition at {base_meta['gpz']['index']}, accuracy {base_acc:.4f}, "
+            f"untargeted run: rho transition at {base.profile.gpz.index}, accuracy {base_acc:.4f}, "
             f"{time.perf_counter() - start:.0f} s",
             flush=True,
         )
@@ -125,39 +119,32 @@ def main() -> None:
         for k, budget in ((k, b) for k in args.targets for b in args.budgets):
             out, start = root / f"k{k}_drop{budget}", time.perf_counter()
             run = train(
-                "--recipe",
-                args.recipe,
-                "--output_dir",
-                str(out),
-                "--target-gpz",
-                str(k),
-                "--baseline",
-                str(root / "baseline"),
-                "--privacy-mse",
-                str(args.privacy_mse),
-                "--max-accuracy-drop",
-                str(budget),
-                *extra,
+                TrainConfig(
+                    recipe=args.recipe,
+                    output_dir=out,
+                    target_gpz=k,
+                    baseline=root / "baseline",
+                    privacy_mse=args.privacy_mse,
+                    max_accuracy_drop=budget,
+                    num_train_epochs=args.epochs,
+                )
             )
-            if not (out / "vortex.json").is_file():
-                sys.exit(run.stderr)
-            meta = json.loads((out / "vortex.json").read_text())
-            mse_k = next(s["mse"] for s in meta["privacy"]["splits"] if s["index"] == k)
+            mse_k = next(s["mse"] for s in run.privacy["splits"] if s["index"] == k)
             posthoc = None
             if not args.no_posthoc and budget == args.budgets[0]:
                 per_split = attack(out, recipe.dataset, list(range(1, n_splits + 1)), criterion, recipe.seed)
                 indices = sorted(per_split)
-                posthoc = locate_posthoc(indices, [per_split[i] for i in indices]).get("index")
-            verdict = "reached" if meta["target_reached"] else "MISSED"
+                posthoc = locate_posthoc(indices, [per_split[i] for i in indices]).index
+            verdict = "reached" if run.target_reached else "MISSED"
             rows.append(
                 Row(
                     k,
                     budget,
-                    meta["reached_gpz"],
+                    run.profile.gpz.index,
                     posthoc,
                     mse_k,
                     untargeted[k],
-                    meta["test_accuracy"],
+                    run.test_accuracy,
                     time.perf_counter() - start,
                     verdict,
                 )

@@ -3,11 +3,13 @@
     python benchmarks/performance.py [--quick]
 
 1. time to profile every split / time of a plain forward pass over the same samples
-   (cnn, Fashion-MNIST; goal at most 1.25),
+   (cnn, Fashion-MNIST; goal at most 1.10; torchvision resnet18 at 224x224, goal at most 1.05),
 2. peak resident memory profiling 6,000 vs 60,000 Fashion-MNIST samples (goal within 10%),
 3. share of training wall time the GPZ controller spends measuring (default recipe, goal <= 5%),
 4. time to locate the GPZ a priori (one profile) vs the decoder-attack sweep over every split
-   that finds it post hoc (cnn on digits).
+   that finds it post hoc (cnn on digits),
+5. a 1,000-class profile at 224x224 (resnet50, a ViT-B/16): peak memory (goal under 4 GB), time
+   per image, and the count sketch's error on rho against exact statistics (benchmarks/scale.py).
 Prints figures only; there are no pass/fail thresholds. Needs dataset-fashion-mnist.
 """
 
@@ -63,7 +65,7 @@ def a_priori_vs_post_hoc(epochs: int) -> None:
         sweep = time.perf_counter() - start
     mse = [round(a.metrics["mse"], 4) for a in attacks]
     print(
-        f"  a-priori GPZ {profile['gpz']['index']} in {prior:.2f} s; attack sweep over {len(attacks)} splits "
+        f"  a-priori GPZ {profile.gpz.index} in {prior:.2f} s; attack sweep over {len(attacks)} splits "
         f"({epochs} decoder epochs max) in {sweep:.1f} s: {sweep / prior:.0f}x longer; MSE per split {mse}"
     )
 
@@ -75,6 +77,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     run_script("profile_overhead.py", "--samples", "3000" if args.quick else "10000")
     run_script("controller_overhead.py")
+    run_script("scale.py", *(["--images", "64", "--subset-images", "80", "--vit-images", "8"] if args.quick else []))
     a_priori_vs_post_hoc(epochs=5 if args.quick else 30)
 
 

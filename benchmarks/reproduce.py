@@ -38,7 +38,8 @@ from vortex.data import load_data  # noqa: E402
 from vortex.distributed import process_state  # noqa: E402
 from vortex.files import write_json, write_text  # noqa: E402
 from vortex.hub.layout import is_checkpoint, read_meta  # noqa: E402
-from vortex.training.loop import main as train  # noqa: E402
+from vortex.logs import show_logs  # noqa: E402
+from vortex.train import TrainConfig, train  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LABELS = {"one-hot": 0.0, "LS+": 0.3, "LS-": -0.05}
@@ -100,7 +101,7 @@ def trained(model: str, label: str, mode: str, out: Path) -> Path:
     path = out / f"{model}_{label}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
-    train(["--recipe", str(path), "--output_dir", str(ckpt)])
+    train(TrainConfig(recipe=path, output_dir=ckpt))
     return ckpt
 
 
@@ -134,7 +135,7 @@ def reproduce(model: str, mode: str, out: Path, fashion, mnist) -> dict:
     ckpts = {label: trained(model, label, mode, out) for label in LABELS}
     setting = ATTACK[mode]
     target = prepare(model, ckpts["one-hot"], setting, fashion)  # one profile of the scored images for every attack
-    gpz = target.profile["gpz"]["index"]
+    gpz = target.profile.gpz.index
     labels = {label: at_split(read_meta(c), gpz) for label, c in ckpts.items()}
     auxes = aux_sets(target, fashion, mnist)
     decoder = {name: sweep(target, name, aux, setting, out) for name, aux in auxes.items()}
@@ -281,6 +282,7 @@ def write_table(results: list[dict], mode: str) -> str:
 
 
 def main() -> None:
+    show_logs()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small data and budgets: about 10 min on a 2-core CPU")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))

@@ -32,6 +32,7 @@ from transformers import (
 
 from vortex import VortexCallback
 from vortex.data import adapt_images, load_data
+from vortex.records import Profile
 from vortex.report.tables import profile_table
 
 SIZES = {"vit": 16, "resnet": 32, "convnext": 32}
@@ -144,7 +145,7 @@ def main() -> None:
     test_accuracy = trainer.evaluate()["eval_accuracy"]  # every process takes part
     if trainer.is_world_process_zero():
         meta = json.loads((Path(args.output_dir) / "vortex.json").read_text())
-        print(profile_table(meta["profile"]))
+        print(profile_table(Profile.from_dict(meta["profile"])))
         print(f"test accuracy {test_accuracy:.4f}")
         if args.target_gpz:
             print(

@@ -45,6 +45,19 @@ def torchrun() -> Callable[..., subprocess.CompletedProcess]:
 
 
 @pytest.fixture(scope="session")
+def local_hub(tmp_path_factory):
+    """One local Hub server (olah, offline) for the whole session, serving the git repos under
+    `local_hub.mirrors`. A test commits the repos it needs with `hub_helpers.git_commit` (olah serves a
+    repo committed after it started); repo ids are unique across the test modules."""
+    from hub_helpers import Olah
+
+    olah = Olah(tmp_path_factory.mktemp("local_hub"))
+    olah.start()
+    yield olah
+    olah.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A small cnn checkpoint (width 8, untrained) with a real profile on digits and halves at its GPZ."""
     from hub_helpers import make_checkpoint

@@ -3,13 +3,14 @@
 FakeHub: a stdlib HTTP server in a thread implementing what huggingface_hub sends to push
 (create repo, branch, validate-yaml, preupload, commit) and recording every request.
 Olah: the `olah` mirror server (a subprocess) serving git repos under mirrors/models/ORG/NAME
-as a read-only Hub, for downloads.
+(and mirrors/datasets/ORG/NAME) as a read-only Hub, for downloads.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import re
 import socket
@@ -38,20 +39,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_checkpoint(out: Path, seed: int = 0) -> Path:
-    """A small (untrained) cnn checkpoint with a real profile on 200 digits, halves at its GPZ."""
+def make_checkpoint(out: Path, seed: int = 0, architecture: str = "cnn") -> Path:
+    """A small (untrained) cnn checkpoint with a real profile on 200 digits, halves at its GPZ
+    (`architecture="vit"`: a 2-layer vit on 16x16 digits, whose config.json is transformers')."""
     torch.manual_seed(seed)
-    spec = ModelSpec("cnn", 10, 1, 8, {"width": 8})
+    spec = (
+        ModelSpec("cnn", 10, 1, 8, {"width": 8})
+        if architecture == "cnn"
+        else ModelSpec("vit", 10, 1, 16, {"num_hidden_layers": 2})
+    )
     model = build_model(spec)
     sm = split_model(model, spec)
     profile = profile_model(
-        sm, load_data("digits")["test"], model_name="cnn", dataset_name="digits", max_samples=200, progress=False
+        sm,
+        load_data("digits")["test"],
+        model_name=architecture,
+        dataset_name="digits",
+        max_samples=200,
+        image_size=spec.image_size,
+        progress=False,
     )
     meta = {
         "recipe": load_recipe(None, label_smoothing=-0.05).to_dict(),
-        "test_accuracy": profile["accuracy"],
-        "profile": profile,
-        "gpz": profile["gpz"],
+        "test_accuracy": profile.accuracy,
+        "profile": profile.to_dict(),
+        "gpz": profile.gpz.to_dict(),
     }
     return save_checkpoint(out, model, spec, [s.name for s in sm.splits], meta=meta)
 
@@ -149,9 +161,17 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def git_commit(mirrors: Path, repo_id: str, files: dict[str, bytes], message: str, tag: str | None = None) -> str:
-    """Commit `files` into the git repo olah serves for `repo_id` (created on first use); return the sha."""
-    repo = mirrors / "models" / repo_id
+def git_commit(
+    mirrors: Path,
+    repo_id: str,
+    files: dict[str, bytes],
+    message: str,
+    tag: str | None = None,
+    repo_type: str = "models",
+) -> str:
+    """Commit `files` into the git repo olah serves for `repo_id` (a model repo unless `repo_type` is
+    "datasets"; created on first use); return the sha."""
+    repo = mirrors / repo_type / repo_id
     if not (repo / ".git").is_dir():
         repo.mkdir(parents=True)
         git(repo, "init", "-q", "-b", "main")
@@ -163,6 +183,60 @@ def git_commit(mirrors: Path, repo_id: str, files: dict[str, bytes], message: st
     if tag:
         git(repo, "tag", tag)
     return git(repo, "rev-parse", "HEAD")
+
+
+DATASET_CARD = """---
+configs:
+- config_name: gray
+  data_files:
+  - split: train
+    path: gray/train.parquet
+  - split: test
+    path: gray/test.parquet
+- config_name: rgb
+  data_files:
+  - split: train
+    path: rgb/train.parquet
+---
+# A tiny image data set for vortex's tests
+"""
+
+
+def dataset_repo() -> dict[str, bytes]:
+    """Files of a small Hub dataset repo with two configs of parquet files: 'gray' (train 24 / test 9
+    rows, 8x8 L) and 'rgb' (train 30 rows, 8x8 RGB, no test split). Images are in `picture` and classes
+    (a, b, c) in `kind`; a smaller image `thumb` and an all-zero `label` are what a guess would pick."""
+    import datasets  # a slow import, needed only here
+    from PIL import Image
+
+    features = datasets.Features(
+        thumb=datasets.Image(),
+        picture=datasets.Image(),
+        kind=datasets.ClassLabel(names=["a", "b", "c"]),
+        label=datasets.Value("int64"),
+    )
+
+    def parquet(rows: int, mode: str, offset: int) -> bytes:
+        kinds = [(offset + i) % 3 for i in range(rows)]
+        table = datasets.Dataset.from_dict(
+            {
+                "thumb": [Image.new(mode, (4, 4), 128) for _ in kinds],
+                "picture": [Image.new(mode, (8, 8), (40 + 80 * k,) * len(mode)) for k in kinds],
+                "kind": kinds,
+                "label": [0] * rows,
+            },
+            features=features,
+        )
+        buffer = io.BytesIO()
+        table.to_parquet(buffer)
+        return buffer.getvalue()
+
+    return {
+        "README.md": DATASET_CARD.encode(),
+        "gray/train.parquet": parquet(24, "L", 0),
+        "gray/test.parquet": parquet(9, "L", 1),
+        "rgb/train.parquet": parquet(30, "RGB", 2),
+    }
 
 
 class Olah:

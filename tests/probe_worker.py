@@ -8,9 +8,10 @@ from vortex.core.probe import profile_model
 from vortex.data import load_data
 from vortex.files import write_json
 from vortex.models import ModelSpec, build_model, split_model
+from vortex.records import Profile
 
 
-def seeded_profile(batch_size: int = 64) -> dict:
+def seeded_profile(batch_size: int = 64) -> Profile:
     torch.manual_seed(0)
     spec = ModelSpec("cnn", 10, 1, 8)
     sm = split_model(build_model(spec), spec)
@@ -23,6 +24,5 @@ if __name__ == "__main__":
 
     profile = seeded_profile(batch_size=int(sys.argv[2]))
     state = PartialState()
-    profile["processes"] = state.num_processes
     if state.is_main_process:
-        write_json(sys.argv[1], profile)
+        write_json(sys.argv[1], {**profile.to_dict(), "processes": state.num_processes})

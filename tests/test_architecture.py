@@ -18,8 +18,9 @@ LAYERS = {
     "vortex.train": 6,
     "vortex.__main__": 6,
 }
-# the package's facade imports lazily from the layers it names (vortex.from_pretrained, vortex.VortexCallback)
-FACADE = {"vortex": {"vortex.hub.repo", "vortex.training.callback"}}
+# the package's facade imports lazily from the layers it names (vortex.from_pretrained, vortex.VortexModel,
+# vortex.VortexCallback)
+FACADE = {"vortex": {"vortex.hub.repo", "vortex.hub.model", "vortex.training.callback"}}
 
 
 def module_name(path: Path) -> str:

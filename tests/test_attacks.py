@@ -1,5 +1,6 @@
 """Attack building blocks: metrics against hand computations, decoder shapes, rMLE, sweep helpers."""
 
+import json
 import math
 
 import datasets
@@ -14,6 +15,7 @@ from vortex.attacks.optimize import invert_by_optimization, total_variation
 from vortex.attacks.sweep import SplitAttack, attack_report, gpz_agreement, plan_passes, split_aux, unseen_train_rows
 from vortex.data import take
 from vortex.errors import AttackError
+from vortex.records import AttackReport, Gpz, PosthocGpz, Profile, SplitStats
 from vortex.report.plots import plot_attack, plot_reconstructions
 from vortex.report.tables import attack_table
 
@@ -166,17 +168,53 @@ def _attack(k: int, mse: float) -> SplitAttack:
     return SplitAttack(k, f"block{k}", [8, 2, 2], metrics, 0.1, torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), 3, mse)
 
 
+def _profile(rho: list[float], gpz: int) -> Profile:
+    """A profile with these rho values and this GPZ (the other statistics are placeholders)."""
+    splits = [
+        SplitStats(
+            index=i,
+            name=f"block{i}",
+            shape=[8],
+            dim=8,
+            bytes=32,
+            edge_params=0,
+            rc2=r,
+            rc2_per_class=[r],
+            global_var=1.0,
+            rho=r,
+            sketch_dim=None,
+            h_bound_feature=0.0,
+            h_bound_decision=0.0,
+            h_bound_per_dim=0.0,
+            decisive="feature",
+        )
+        for i, r in enumerate(rho, start=1)
+    ]
+    gpz_record = Gpz(index=gpz, zone=[gpz], criterion="test", quantity="rho", drops=[])
+    return Profile(
+        vortex_version="test",
+        model="m",
+        dataset="d",
+        num_samples=1,
+        num_classes=1,
+        labels="true",
+        accuracy=1.0,
+        class_counts=[1],
+        small_classes={},
+        splits=splits,
+        gpz=gpz_record,
+    )
+
+
 def test_report_plots_and_agreement(tmp_path):
-    profile = {
-        "splits": [{"rho": 0.9 - 0.1 * k} for k in range(6)],
-        "gpz": {"index": 4, "zone": [4], "quantity": "rho"},
-    }
+    profile = _profile([0.9 - 0.1 * k for k in range(6)], gpz=4)
     attacks = [_attack(1, 0.01), _attack(3, 0.012), _attack(5, 0.05)]
     result = attack_report(attacks, model="m", dataset="d", aux_dataset="d", attack="decoder", profile=profile)
-    assert result["gpz_posthoc"]["index"] == 5 and result["gpz_posthoc"]["interval"] == [4, 5]
-    assert result["agreement"] is True  # the rise happened somewhere in 4..5, which holds the predicted 4
-    assert [s["rho"] for s in result["splits"]] == pytest.approx([0.9, 0.7, 0.5])
-    assert not gpz_agreement([2], {"interval": [4, 5]})
+    assert result.gpz_posthoc.index == 5 and result.gpz_posthoc.interval == [4, 5]
+    assert result.agreement is True  # the rise happened somewhere in 4..5, which holds the predicted 4
+    assert [s.rho for s in result.splits] == pytest.approx([0.9, 0.7, 0.5])
+    assert not gpz_agreement([2], PosthocGpz(index=5, interval=[4, 5]))
+    assert AttackReport.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     table = attack_table(result)
     assert "<- GPZ a priori" not in table and "<- post hoc" in table and "they agree" in table
     from PIL import Image
@@ -190,10 +228,10 @@ def test_report_plots_and_agreement(tmp_path):
     falling = attack_report(
         [_attack(1, 0.03), _attack(2, 0.02)], model="m", dataset="d", aux_dataset="d", attack="decoder", profile=profile
     )
-    assert falling["gpz_posthoc"]["index"] is None and falling["agreement"] is None
+    assert falling.gpz_posthoc.index is None and falling.agreement is None
     assert "never rises" in attack_table(falling)
     single = attack_report(attacks[:1], model="m", dataset="d", aux_dataset=None, attack="optimize", profile=None)
-    assert single["gpz_posthoc"]["index"] is None and single["agreement"] is None
+    assert single.gpz_posthoc.index is None and single.agreement is None
     assert "2 or more splits" in attack_table(single)
 
 

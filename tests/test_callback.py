@@ -119,14 +119,14 @@ def test_vit_logs_the_profile_a_direct_probe_computes(digits, tmp_path, monkeypa
         accuracy=acc,
         example=torch.zeros(1, 1, 16, 16),
     )
-    names = [s["name"] for s in direct["splits"]]
+    names = [s.name for s in direct.splits]
     assert names == ["vit.embeddings", "vit.layers.0", "vit.layernorm", "classifier"]
     last = logged[-1]
-    for s in direct["splits"]:
-        assert last[f"rc2/{s['name']}"] == pytest.approx(s["rc2"], rel=1e-6)
-        assert last[f"rho/{s['name']}"] == pytest.approx(s["rho"], rel=1e-6)
-        assert logged[0][f"rc2/{s['name']}"] != pytest.approx(s["rc2"], rel=1e-3)  # trained in between
-    assert last["gpz"] == direct["gpz"]["index"] and last["probe_accuracy"] == pytest.approx(acc)
+    for s in direct.splits:
+        assert last[f"rc2/{s.name}"] == pytest.approx(s.rc2, rel=1e-6)
+        assert last[f"rho/{s.name}"] == pytest.approx(s.rho, rel=1e-6)
+        assert logged[0][f"rc2/{s.name}"] != pytest.approx(s.rc2, rel=1e-3)  # trained in between
+    assert last["gpz"] == direct.gpz.index and last["probe_accuracy"] == pytest.approx(acc)
 
     # the hooks capture what the model itself reports as layer 0's hidden state
     x = adapt_images(torch.tensor(np.asarray(probe.with_format("numpy")["pixels"], dtype=np.uint8)), 16, 1)
@@ -137,9 +137,9 @@ def test_vit_logs_the_profile_a_direct_probe_computes(digits, tmp_path, monkeypa
     assert last["rc2/vit.layers.0"] == pytest.approx(ref["rc2"], rel=1e-4)
 
     saved = json.loads((tmp_path / "checkpoint-4" / "profile.json").read_text())
-    assert [s["rc2"] for s in saved["splits"]] == pytest.approx([s["rc2"] for s in direct["splits"]], rel=1e-6)
+    assert [s["rc2"] for s in saved["splits"]] == pytest.approx([s.rc2 for s in direct.splits], rel=1e-6)
     assert json.loads((tmp_path / "vortex.json").read_text())["splits"] == names
-    assert cb.last_profile["gpz"] == direct["gpz"]
+    assert cb.last_profile.gpz == direct.gpz
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -214,8 +214,8 @@ def test_probe_accepts_pixel_values_datasets(digits):
     reference = VortexCallback(canonical).profile(model)
     for ds in (pixel_values, on_the_fly):
         got = VortexCallback(ds, batch_size=32).profile(model)
-        assert [s["rc2"] for s in got["splits"]] == pytest.approx([s["rc2"] for s in reference["splits"]], rel=1e-5)
-        assert got["num_samples"] == 100
+        assert [s.rc2 for s in got.splits] == pytest.approx([s.rc2 for s in reference.splits], rel=1e-5)
+        assert got.num_samples == 100
     with pytest.raises(VortexError, match="need 'pixel_values'"):
         VortexCallback(datasets.Dataset.from_dict({"x": [1.0]})).profile(model)
 
@@ -312,9 +312,9 @@ def test_the_standard_callbacks_argument_profiles_without_any_other_call(digits,
     assert logged and logged[-1]["step"] == 2 and {k for k in logged[-1] if k.startswith("rho/")}
     metrics = trainer.evaluate()
     direct = cb.profile(trainer.model)
-    assert metrics["gpz"] == direct["gpz"]["index"]
-    for s in direct["splits"]:
-        assert metrics[f"rho/{s['name']}"] == pytest.approx(s["rho"], rel=1e-6)
+    assert metrics["gpz"] == direct.gpz.index
+    for s in direct.splits:
+        assert metrics[f"rho/{s.name}"] == pytest.approx(s.rho, rel=1e-6)
 
 
 def test_two_processes_measure_what_one_process_measures(tmp_path, torchrun):
@@ -327,9 +327,7 @@ def test_two_processes_measure_what_one_process_measures(tmp_path, torchrun):
     single = VortexCallback(data, image_size=16, channels=3, max_samples=200).profile(model)
     multi = json.loads((tmp_path / "vortex.json").read_text())
     assert multi["profile"]["num_samples"] == 200
-    assert [s["rc2"] for s in multi["profile"]["splits"]] == pytest.approx(
-        [s["rc2"] for s in single["splits"]], rel=1e-6
-    )
+    assert [s["rc2"] for s in multi["profile"]["splits"]] == pytest.approx([s.rc2 for s in single.splits], rel=1e-6)
     assert [h["step"] for h in multi["controller"]["history"]] == [2, 4]
     logged = json.loads((tmp_path / "log_history.json").read_text())
     assert [h["step"] for h in logged if "lever/pull" in h] == [2, 4]

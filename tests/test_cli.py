@@ -5,27 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from PIL import Image
 
-CONTRACT_TOP = {"vortex_version", "model", "dataset", "num_samples", "num_classes", "labels", "splits", "gpz"}
-CONTRACT_SPLIT = {
-    "index",
-    "name",
-    "shape",
-    "dim",
-    "bytes",
-    "edge_params",
-    "rc2",
-    "rc2_per_class",
-    "global_var",
-    "rho",
-    "h_bound_feature",
-    "h_bound_decision",
-    "h_bound_per_dim",
-    "decisive",
-}
+from vortex.records import Profile
 
 
 def vortex(*args, check=True):
@@ -40,10 +25,11 @@ def vortex(*args, check=True):
 def test_probe_writes_contract_profile_and_plot(tmp_path):
     proc = vortex("probe", "--model", "cnn", "--dataset", "digits", "--out", tmp_path)
     profile = json.loads((tmp_path / "profile.json").read_text())
-    assert CONTRACT_TOP <= set(profile)
+    record = Profile.from_dict(profile)  # every field of the record, with its type
+    assert record.to_dict() == profile and profile["schema_version"] == 1  # and nothing else
     assert len(profile["splits"]) >= 6
     for i, split in enumerate(profile["splits"], start=1):
-        assert CONTRACT_SPLIT <= set(split) and split["index"] == i
+        assert split["index"] == i
         assert split["bytes"] == 4 * split["dim"] == 4 * int(np.prod(split["shape"]))
         assert 0 <= split["rho"] <= 1 and split["decisive"] in ("feature", "decision")
     gpz = profile["gpz"]
@@ -73,6 +59,22 @@ def test_help_explains_every_option():
     train = vortex("train", "--help").stdout
     for option in ("--recipe", "--output_dir", "--resume_from_checkpoint", "--with_tracking", "--label_smoothing"):
         assert option in train
+
+
+def test_data_options_reach_probe_and_attack(tmp_path):
+    kinds = [i % 2 for i in range(20)]
+    pictures = [np.full((8, 8), 100 * k, np.uint8) for k in kinds]
+    datasets.Dataset.from_dict({"picture": pictures, "kind": kinds}).to_parquet(tmp_path / "named.parquet")
+    data = ["--dataset", tmp_path / "named.parquet", "--image_column_name", "picture"]
+    probe = ["probe", "--model", "cnn", *data, "--data-split", "train", "--max-samples", "5"]
+    vortex(*probe, "--label_column_name", "kind", "--out", tmp_path / "probe")
+    profile = json.loads((tmp_path / "probe" / "profile.json").read_text())
+    assert (profile["num_samples"], profile["num_classes"]) == (5, 2)
+    wrong = vortex(*probe, "--label_column_name", "klass", "--out", tmp_path / "wrong", check=False)
+    assert wrong.returncode == 2 and "no column 'klass' (columns: picture, kind)" in wrong.stderr
+    assert "Traceback" not in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    attack = vortex("attack", "--help").stdout
+    assert all(f"--{flag}" in attack for flag in ("dataset_config_name", "image_column_name", "label_column_name"))
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import torch
 
 from vortex.core.stats import ClassStats
 from vortex.errors import VortexError
+from vortex.records import AttackResult
 from vortex.training.controller import ControllerConfig, GPZController, check_target
 from vortex.training.levers import Levers, batch_rho, lever_loss, smoothing_at
 from vortex.training.loop import TARGET_MISSED
@@ -84,36 +85,36 @@ def curve(drop_at: int) -> list[float]:
 def test_decisions_follow_the_measured_profile():
     ctrl = GPZController(4, NAMES, ControllerConfig(pull=1.0, hold=0.0, hold_start=1.0))
     late = ctrl.observe(10, curve(6), 0.9, 0.1)
-    assert late["gpz"] == 6 and ctrl.levers.pull > 1.0 and "after K" in late["decision"]
+    assert late.gpz == 6 and ctrl.levers.pull > 1.0 and "after K" in late.decision
     pull = ctrl.levers.pull
     early = ctrl.observe(20, curve(2), 0.9, 0.2)
-    assert early["gpz"] == 2 and ctrl.levers.hold >= 1.0 and ctrl.levers.pull == pull
+    assert early.gpz == 2 and ctrl.levers.hold >= 1.0 and ctrl.levers.pull == pull
     hold = ctrl.levers.hold
     on = ctrl.observe(30, curve(4), 0.9, 0.3)
-    assert on["reached"] and (ctrl.levers.pull, ctrl.levers.hold) == (pull, hold)
-    assert [h["step"] for h in ctrl.history] == [10, 20, 30]
+    assert on.reached and (ctrl.levers.pull, ctrl.levers.hold) == (pull, hold)
+    assert [h.step for h in ctrl.history] == [10, 20, 30]
 
 
 def test_rho_on_target_is_not_enough_while_the_online_attack_reads_split_k():
     ctrl = GPZController(4, NAMES, ControllerConfig(pull=1.0, gain=4.0, every=10), min_mse=0.02)
     leak = ctrl.observe(10, curve(4), 0.9, 0.1, attack_mse=0.005)
     # shortfall (0.02 - 0.005) / 0.02 = 0.75 -> factor 2 ** min(4 * 0.75, 2) = 4
-    assert leak["rho_on_target"] and leak["protected"] is False and not leak["reached"]
-    assert ctrl.levers.pull == 4.0 and "leaks (online attack MSE 0.0050 < 0.02): pull x4.00" in leak["decision"]
+    assert leak.rho_on_target and leak.protected is False and not leak.reached
+    assert ctrl.levers.pull == 4.0 and "leaks (online attack MSE 0.0050 < 0.02): pull x4.00" in leak.decision
     small = ctrl.observe(20, curve(4), 0.9, 0.2, attack_mse=0.019)  # step clipped below at 2 ** 0.5
-    assert ctrl.levers.pull == pytest.approx(4.0 * 2**0.5) and not small["reached"]
+    assert ctrl.levers.pull == pytest.approx(4.0 * 2**0.5) and not small.reached
     safe = ctrl.observe(30, curve(4), 0.9, 0.3, attack_mse=0.021)
-    assert safe["reached"] and safe["protected"] and ctrl.levers.pull == pytest.approx(4.0 * 2**0.5)
+    assert safe.reached and safe.protected and ctrl.levers.pull == pytest.approx(4.0 * 2**0.5)
     assert ctrl.next_step == 40  # the first protected reading is not yet steady
     off = ctrl.observe(40, curve(6), 0.9, 0.4, attack_mse=0.03)  # protected, but rho is not at K
-    assert not off["reached"] and "after K" in off["decision"]
+    assert not off.reached and "after K" in off.decision
 
 
 def test_without_a_privacy_signal_rho_alone_decides():
     ctrl = GPZController(4, NAMES, ControllerConfig(pull=1.0), min_mse=0.02)
     entry = ctrl.observe(10, curve(4), 0.9, 0.1)  # the Trainer callback runs no attack
-    assert entry["reached"] and entry["protected"] is None and entry["attack_mse"] is None
-    assert GPZController(4, NAMES, ControllerConfig()).observe(10, curve(4), 0.9, 0.1, attack_mse=0.001)["reached"]
+    assert entry.reached and entry.protected is None and entry.attack_mse is None
+    assert GPZController(4, NAMES, ControllerConfig()).observe(10, curve(4), 0.9, 0.1, attack_mse=0.001).reached
 
 
 def test_best_point_prefers_the_split_that_resists_more_then_the_clearer_lead():
@@ -125,7 +126,7 @@ def test_best_point_prefers_the_split_that_resists_more_then_the_clearer_lead():
     assert ctrl.is_better(ctrl.observe(50, curve(4), 0.9, 0.5, attack_mse=0.025))
     # above the line, more MSE is no better: the later point (same lead) wins
     assert ctrl.is_better(ctrl.observe(60, curve(4), 0.9, 0.6, attack_mse=0.021))
-    assert ctrl.best["step"] == 60 and ctrl.best["attack_mse"] == 0.021
+    assert ctrl.best.step == 60 and ctrl.best.attack_mse == 0.021
 
 
 def test_interval_doubles_on_target_and_resets_off_target():
@@ -290,7 +291,11 @@ def test_two_processes_reach_the_same_gpz(targeted, recipe, tmp_path, torchrun):
 
 
 def verdict(rho_gpz: int, mse_k: float, min_mse: float = 0.02) -> PrivacyVerdict:
-    records = [{"index": 2, "name": "s2", "mse": 0.004}, {"index": 3, "name": "s3", "mse": mse_k}]
+    metrics = dict(psnr=20.0, ssim=0.5, cosine=0.9, num_images=10, shape=[8], seconds=1.0)
+    records = [
+        AttackResult(index=2, name="s2", mse=0.004, **metrics),
+        AttackResult(index=3, name="s3", mse=mse_k, **metrics),
+    ]
     return PrivacyVerdict(3, rho_gpz, PrivacyCriterion(min_mse=min_mse), records)
 
 

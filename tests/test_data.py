@@ -1,4 +1,11 @@
-"""Tests for vortex.data: built-ins, folders, parquet, adaptation and loaders (all offline)."""
+"""Tests for vortex.data: built-ins, folders, parquet, Hub datasets (a local server), adaptation and loaders."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import types
 
 import datasets
 import numpy as np
@@ -225,3 +232,157 @@ def test_take_is_a_seeded_subset(digits):
 def test_unknown_source_lists_accepted_forms():
     with pytest.raises(DataError, match=r"built-in.*image folder.*parquet.*owner/name"):
         load_data("no such thing")
+
+
+def _picture_parquet(path, rows=60):
+    """A parquet file with a decoy first image `thumb`, the images in `picture` and classes in `kind`."""
+    kinds = [i % 3 for i in range(rows)]
+    datasets.Dataset.from_dict(
+        {
+            "thumb": [Image.new("L", (2, 2), 0) for _ in kinds],
+            "picture": [Image.new("RGB", (5, 5), (60 * k, 0, 0)) for k in kinds],
+            "kind": [f"k{k}" for k in kinds],
+        },
+        features=datasets.Features(thumb=datasets.Image(), picture=datasets.Image(), kind=datasets.Value("string")),
+    ).to_parquet(path)
+    return path
+
+
+def test_named_columns_override_the_guess(tmp_path):
+    path = _picture_parquet(tmp_path / "named.parquet")
+    with pytest.raises(DataError, match="no label column"):  # the guess finds no 'label'
+        load_data(str(path))
+    dd = load_data(str(path), image_column="picture", label_column="kind")
+    assert data_shape(dd["train"]) == (3, 5, 5) and class_names(dd["test"]) == ["k0", "k1", "k2"]
+    assert data_shape(load_data(str(path), label_column="kind")["train"]) == (1, 2, 2)  # the first image column
+
+
+@pytest.mark.parametrize("flag", ["image_column", "label_column"])
+def test_a_wrong_column_is_one_line_listing_the_columns(tmp_path, flag):
+    path = _picture_parquet(tmp_path / "cols.parquet", rows=6)
+    with pytest.raises(DataError) as caught:
+        load_data(str(path), **{flag: "klass"})
+    message = str(caught.value)
+    assert "\n" not in message and "no column 'klass' (columns: thumb, picture, kind)" in message
+    assert f"--{flag}_name" in message
+
+
+def test_config_and_columns_are_refused_where_they_do_not_apply(tmp_path):
+    with pytest.raises(DataError, match="built-in with fixed columns"):
+        load_data("digits", label_column="label")
+    path = _picture_parquet(tmp_path / "local.parquet", rows=6)
+    with pytest.raises(DataError, match="local folder or file: a config name"):
+        load_data(str(path), config_name="gray")
+
+
+def test_max_samples_are_chosen_before_any_image_is_converted(tmp_path, monkeypatch):
+    path = _picture_parquet(tmp_path / "many.parquet", rows=200)
+    full = load_data(str(path), image_column="picture", label_column="kind")
+    converted, opened = [], []
+    convert, open_image = data._convert_batch, data._open_image
+    monkeypatch.setattr(
+        data, "_convert_batch", lambda batch, rows, **kw: converted.extend(rows) or convert(batch, rows, **kw)
+    )
+    monkeypatch.setattr(
+        data, "_open_image", lambda value, row, source: opened.append(row) or open_image(value, row, source)
+    )
+    some = load_data(str(path), image_column="picture", label_column="kind", max_samples={"train": 10, "test": 4})
+    assert (len(some["train"]), len(some["test"])) == (10, 4) and len(converted) == 14
+    assert len(opened) <= 2 * 14 + 1  # headers of the kept rows, the first image's size, then their conversion
+    for split, n in (("train", 10), ("test", 4)):  # the very rows (and order) `take` picks after a full conversion
+        assert np.array_equal(_pixels(some[split]), _pixels(take(full[split], n)))
+        assert some[split]["label"] == take(full[split], n)["label"]
+    digits = load_data("digits", max_samples={"train": 50})
+    assert _pixels(digits["train"]).tolist() == _pixels(take(load_data("digits")["train"], 50)).tolist()
+
+
+def test_a_single_name_hub_id_is_resolved_to_its_owner(monkeypatch, tmp_path):
+    """The local Hub server cannot serve an id without an owner: the lookup and `datasets.load_dataset`
+    are replaced at their boundary, and the call vortex makes is checked."""
+    from huggingface_hub import HfApi
+
+    path = _picture_parquet(tmp_path / "hub.parquet", rows=12)
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.DatasetDict(train=datasets.Dataset.from_parquet(str(path)))
+
+    monkeypatch.setattr(HfApi, "dataset_info", lambda self, name: types.SimpleNamespace(id=f"uoft-cs/{name}"))
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    dd = load_data("cifar10", config_name="plain_text", image_column="picture", label_column="kind", test_fraction=0.25)
+    assert calls == [(("uoft-cs/cifar10",), {"name": "plain_text"})]  # never trust_remote_code
+    assert (len(dd["train"]), len(dd["test"])) == (9, 3)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, local_hub):
+    """The local Hub serving the dataset repo org/tiny (two configs) and org/scripted (a loading script)."""
+    from hub_helpers import dataset_repo, git_commit
+
+    root = tmp_path_factory.mktemp("datahub")
+    olah = local_hub
+    files = dataset_repo()
+    git_commit(olah.mirrors, "org/tiny", files, "two configs", repo_type="datasets")
+    script = f"import pathlib\npathlib.Path({str(root / 'ran')!r}).touch()\n".encode()
+    scripted = {"README.md": b"# scripted\n", "scripted.py": script, "data/train.parquet": files["gray/train.parquet"]}
+    git_commit(olah.mirrors, "org/scripted", scripted, "a loading script", repo_type="datasets")
+    return {"root": root, "url": olah.url}
+
+
+LOAD = """
+import json, sys
+from vortex.data import class_names, data_shape, load_data
+from vortex.errors import DataError
+results = []
+for call in json.loads(sys.argv[1]):
+    try:
+        dd = load_data(**call)
+    except DataError as e:
+        results.append({"error": str(e)})
+    else:
+        train, test = dd["train"], dd["test"]
+        results.append({"shape": data_shape(train), "names": class_names(train), "sizes": [len(train), len(test)]})
+print(json.dumps(results))
+"""
+
+
+def _load_in_a_user_process(hub, calls, **env):
+    """`load_data(**call)` for each call in a fresh process with HF_ENDPOINT at the local server."""
+    environ = {**os.environ, "HF_ENDPOINT": hub["url"], "HF_HOME": str(hub["root"] / "hf_home"), **env}
+    environ.pop("HF_TOKEN", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, json.dumps(calls)], env=environ, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.hub
+def test_hub_datasets_with_config_and_columns(hub):
+    named = {"source": "org/tiny", "image_column": "picture", "label_column": "kind"}
+    gray, rgb, guessed, no_config, wrong_column, scripted, absent, single = _load_in_a_user_process(
+        hub,
+        [
+            {**named, "config_name": "gray"},
+            {**named, "config_name": "rgb", "max_samples": {"train": 10}},
+            {"source": "org/tiny", "config_name": "gray"},
+            {**named, "config_name": "nope"},
+            {**named, "config_name": "gray", "label_column": "klass"},
+            {"source": "org/scripted"},
+            {"source": "org/absent"},
+            {"source": "absent"},
+        ],
+    )
+    assert gray == {"shape": [1, 8, 8], "names": ["a", "b", "c"], "sizes": [24, 9]}
+    assert rgb == {"shape": [3, 8, 8], "names": ["a", "b", "c"], "sizes": [10, 6]}  # 30 rows split 24 / 6
+    assert guessed["shape"] == [1, 4, 4] and guessed["names"] == ["0"]  # the first image column, the `label` column
+    for failed in (no_config, wrong_column, scripted, absent, single):
+        assert "\n" not in failed["error"] and "Traceback" not in failed["error"]
+    assert "'nope'" in no_config["error"] and "gray" in no_config["error"]
+    assert "no column 'klass' (columns: thumb, picture, kind, label)" in wrong_column["error"]
+    assert "scripts are no longer supported" in scripted["error"] and not (hub["root"] / "ran").exists()
+    for failed in (absent, single):
+        assert re.search(r"unknown data set .*built-in.*image folder.*parquet.*owner/name", failed["error"])
+    offline = _load_in_a_user_process(hub, [{**named, "config_name": "gray"}], HF_HUB_OFFLINE="1")
+    assert offline == [gray]  # from the cache

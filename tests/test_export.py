@@ -1,4 +1,4 @@
-"""ONNX export of the halves: onnxruntime runs what vortex writes, and it matches PyTorch."""
+"""Export of the halves: onnxruntime and ExecuTorch run what vortex writes, and it matches PyTorch."""
 
 import json
 import shutil
@@ -57,3 +57,16 @@ def test_export_command_prints_the_difference(checkpoint, tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"to {out}" in text and "onnxruntime vs PyTorch on 64 test images of digits: max abs diff" in text
     assert out.stat().st_size > 1000
+
+
+def test_an_executorch_edge_runs_in_executorch_and_matches_pytorch(checkpoint, tmp_path, capsys):
+    from executorch.runtime import Runtime
+
+    out = tmp_path / "edge.pte"
+    assert vortex(["export", str(checkpoint), "--part", "edge", "--format", "pte", "--out", str(out)]) == 0
+    assert "ExecuTorch vs PyTorch on 64 test images of digits: max abs diff" in capsys.readouterr().out
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(4))  # one image per call, as a device
+    z = Runtime.get().load_program(out).load_method("forward").execute([x])[0]
+    with torch.no_grad():
+        reference = from_pretrained(checkpoint, part="edge")(x)
+    np.testing.assert_allclose(z.numpy(), reference.numpy(), atol=1e-5)

@@ -16,17 +16,17 @@ def test_relative_drops_by_hand():
 
 def test_gpz_is_the_split_after_the_largest_drop():
     g = locate_gpz([1.0, 0.95, 0.9, 0.3, 0.28, 0.27])
-    assert g["index"] == 4 and g["zone"] == [4]
+    assert g.index == 4 and g.zone == [4]
 
 
 def test_adjacent_big_drops_make_a_two_split_zone():
     g = locate_gpz([1.0, 0.95, 0.6, 0.2, 0.19])  # drops 5%, 37%, 67%, 5%
-    assert g["index"] == 4 and g["zone"] == [3, 4]
+    assert g.index == 4 and g.zone == [3, 4]
 
 
 def test_distant_second_drop_stays_out_of_the_zone():
     g = locate_gpz([1.0, 0.6, 0.58, 0.57, 0.1])  # 40% at split 2, 82% at split 5, small between
-    assert g["index"] == 5 and g["zone"] == [5]
+    assert g.index == 5 and g.zone == [5]
 
 
 def test_gpz_needs_two_splits():
@@ -35,13 +35,13 @@ def test_gpz_needs_two_splits():
 
 
 def test_posthoc_largest_rise():
-    assert locate_posthoc([1, 2, 3, 4], [0.01, 0.012, 0.05, 0.055])["index"] == 3
+    assert locate_posthoc([1, 2, 3, 4], [0.01, 0.012, 0.05, 0.055]).index == 3
 
 
 def test_posthoc_on_a_subset_of_splits():
     post = locate_posthoc([1, 3, 5], [0.01, 0.012, 0.05])
-    assert post["index"] == 5 and post["interval"] == [4, 5]
-    assert post["rises"] == pytest.approx([0.002, 0.038])
+    assert post.index == 5 and post.interval == [4, 5]
+    assert post.rises == pytest.approx([0.002, 0.038])
     with pytest.raises(ProfileError, match="must increase"):
         locate_posthoc([3, 1], [0.01, 0.02])
     with pytest.raises(ProfileError, match="2 or more"):

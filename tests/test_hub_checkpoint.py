@@ -20,7 +20,7 @@ from vortex.models import split_model
 
 
 def attack_summary(profile: dict) -> dict:
-    """An attack.json per the CONTRACT: error grows with depth, jumps at the GPZ."""
+    """An attack.json (vortex.records.AttackReport): error grows with depth, jumps at the GPZ."""
     gpz = profile["gpz"]["index"]
     splits = [
         {
@@ -31,10 +31,13 @@ def attack_summary(profile: dict) -> dict:
             "ssim": 0.9 - 0.1 * s["index"],
             "cosine": 0.5,
             "num_images": 64,
+            "shape": s["shape"],
+            "seconds": 1.0,
         }
         for s in profile["splits"]
     ]
     return {
+        "vortex_version": "test",
         "model": "cnn",
         "dataset": "digits",
         "aux_dataset": "mnist-5k",

@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hub_helpers import SECRET, FakeHub, Olah, git_commit, make_checkpoint, tree_bytes
+from hub_helpers import SECRET, FakeHub, git_commit, make_checkpoint, tree_bytes
 from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageClassification
 
+from vortex.cli.main import main as vortex_main
+from vortex.errors import HubError
 from vortex.hub.checkpoint import load_checkpoint
 from vortex.hub.layout import read_meta
+from vortex.hub.model import VortexModel
 from vortex.hub.repo import from_pretrained, publish
 from vortex.models import split_model
 
@@ -29,15 +33,18 @@ REPO = "org/name"
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
+def hub(tmp_path_factory, local_hub):
     root = tmp_path_factory.mktemp("hub")
-    fake, olah = FakeHub(), Olah(root)
+    fake, olah = FakeHub(), local_hub
     v1, v2 = make_checkpoint(root / "v1", seed=1), make_checkpoint(root / "v2", seed=2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(constants, "ENDPOINT", fake.url)
         for ckpt, tag in ((v1, "v1"), (v2, None)):
             publish(ckpt, REPO, token=SECRET)
             git_commit(olah.mirrors, REPO, fake.commits[-1].files, f"publish {ckpt.name}", tag=tag)
+        vit = make_checkpoint(root / "vit", architecture="vit")
+        publish(vit, "org/vit", token=SECRET, split=1)  # re-cut: the description in vortex.json records it
+        git_commit(olah.mirrors, "org/vit", fake.commits[-1].files, "publish a vit")
         shutil.copytree(v2, root / "v2onnx")
         publish(root / "v2onnx", "org/onnx", token=SECRET, with_onnx=True)
         git_commit(olah.mirrors, "org/onnx", fake.commits[-1].files, "publish with ONNX halves")
@@ -52,16 +59,20 @@ def hub(tmp_path_factory):
         {k: v for k, v in published.items() if not k.startswith(("edge/", "cloud/"))},
         "without halves",
     )
-    for name, config in (("org/rce-top", "config.json"), ("org/rce-edge", "edge/config.json")):
+    for name, config in (
+        ("org/rce-top", "config.json"),
+        ("org/rce-edge", "edge/config.json"),
+        ("org/rce-cloud", "cloud/config.json"),
+    ):
         planted = {
             **json.loads(published[config]),
             "architecture": "os:system",
             "options": {"command": f"touch {root / 'ran'}"},
         }
         git_commit(olah.mirrors, name, {**published, config: json.dumps(planted).encode()}, "names code")
-    olah.start()
-    yield {"root": root, "olah": olah, "v1": v1, "v2": v2}
-    olah.stop()
+    swapped = {**published, "model.safetensors": (v1 / "model.safetensors").read_bytes()}
+    git_commit(olah.mirrors, "org/swapped", swapped, "full weights of another checkpoint")
+    yield {"root": root, "olah": olah, "v1": v1, "v2": v2, "vit": vit}
     fake.close()
 
 
@@ -129,6 +140,9 @@ def online(hub):
             for part in ("edge", "full")
         ),
         {"name": "rce_probe_model", "call": "load_model", "repo": "org/rce-top"},
+        {"name": "rce_cloud_cloud", "repo_or_dir": "org/rce-cloud", "part": "cloud"},
+        {"name": "rce_top_cloud", "repo_or_dir": "org/rce-top", "part": "cloud"},
+        {"name": "swapped_full", "repo_or_dir": "org/swapped", "part": "full"},
     ]
     results, outputs = run_worker(hub, "online", steps, HF_HUB_CACHE=str(hub["root"] / "default_cache"))
     return results, outputs, {k: Path(v) for k, v in c.items()}
@@ -186,7 +200,8 @@ def test_unusable_repos_get_clear_errors(online, step, message):
 
 def test_a_repo_naming_code_is_refused_and_the_code_never_runs(hub, online):
     results, _, _ = online
-    for name in ("rce_top_edge", "rce_top_full", "rce_edge_edge", "rce_edge_full", "rce_probe_model"):
+    names = ("rce_top_edge", "rce_top_full", "rce_edge_edge", "rce_edge_full", "rce_probe_model")
+    for name in (*names, "rce_cloud_cloud", "rce_top_cloud"):
         assert results[name]["error"] == "HubError", results[name]
         assert "names the architecture 'os:system'" in results[name]["message"]
     out = hub["root"] / "rce_pulled"
@@ -201,6 +216,21 @@ def test_a_repo_naming_code_is_refused_and_the_code_never_runs(hub, online):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "edge/config.json names the architecture 'os:system'" in proc.stderr
     assert not (hub["root"] / "ran").exists()
+
+
+def test_full_weights_that_do_not_match_their_hash_are_refused(hub, online, tmp_path):
+    results, _, _ = online
+    assert "model.safetensors' does not match the hash in config.json" in results["swapped_full"]["message"]
+    env = {**os.environ, "HF_ENDPOINT": hub["olah"].url, "HF_HUB_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vortex", "pull", "org/swapped", "--part", "full", "--out", str(tmp_path / "full")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "verified" not in proc.stdout, proc.stderr
+    assert "full/model.safetensors' does not match the hash in config.json" in proc.stderr
 
 
 def test_offline_mode_loads_from_the_cache(hub, online):
@@ -292,3 +322,69 @@ def test_a_device_pulls_only_the_onnx_edge_and_runs_it_with_onnxruntime(hub):
     ref = reference(hub["v2"], x)
     assert run.stdout.split() == [str(ref["k"]), str(4 * int(np.prod(ref["z"].shape[1:])))]
     np.testing.assert_allclose(np.load(hub["root"] / "z.npy"), ref["edge"].numpy(), atol=1e-5)
+
+
+def point_at(mp: pytest.MonkeyPatch, url: str) -> None:
+    """huggingface_hub in this process talks to `url`, as HF_ENDPOINT would make it."""
+    mp.setattr(constants, "ENDPOINT", url)
+    mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+@pytest.fixture
+def olah_endpoint(hub, monkeypatch):
+    point_at(monkeypatch, hub["olah"].url)
+    return monkeypatch
+
+
+def run(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def test_vortex_model_through_the_hub(hub, olah_endpoint, tmp_path, capsys, caplog):
+    cache = tmp_path / "cache"
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    ref, meta = reference(hub["v2"], x), read_meta(hub["v2"])
+    edge = VortexModel.from_pretrained(REPO, part="edge", cache_dir=cache, token=SECRET)
+    assert cache_files(cache) == ["config.json", "edge/config.json", "edge/model.safetensors", "vortex.json"]
+    torch.testing.assert_close(run(edge, x), ref["edge"])
+    assert (edge.config.split_index, edge.config.gpz) == (ref["k"], meta["gpz"]["index"])
+    assert edge.config.payload_bytes == meta["halves"]["z_bytes"] and edge.config.z_shape == meta["halves"]["z_shape"]
+    cloud = VortexModel.from_pretrained(REPO, part="cloud", cache_dir=cache, token=SECRET, force_download=True)
+    full = VortexModel.from_pretrained(REPO, cache_dir=cache, token=SECRET)
+    torch.testing.assert_close(run(cloud, run(edge, x)), ref["full"])
+    torch.testing.assert_close(run(full, x), ref["full"])
+
+    edge.save_pretrained(tmp_path / "saved")
+    back = VortexModel.from_pretrained(tmp_path / "saved", part="edge")
+    torch.testing.assert_close(run(back, x), ref["edge"])
+    assert back.config == edge.config
+
+    point_at(olah_endpoint, "http://127.0.0.1:9")  # no Hub: the cache alone
+    cached = VortexModel.from_pretrained(REPO, part="edge", cache_dir=cache, local_files_only=True)
+    torch.testing.assert_close(run(cached, x), ref["edge"])
+    with pytest.raises(HubError) as err:
+        VortexModel.from_pretrained(REPO, part="edge", cache_dir=tmp_path / "empty", local_files_only=True)
+    message = str(err.value)
+    assert "\n" not in message and "is not in the local Hub cache" in message and "local_files_only" in message
+
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err + caplog.text + message
+    assert not any(SECRET.encode() in data for data in tree_bytes(tmp_path).values())
+
+
+def test_transformers_loads_a_published_vit_and_vortex_pulls_its_halves(hub, olah_endpoint, tmp_path, capsys):
+    assert vortex_main(["pull", "org/vit", "--part", "edge", "--out", str(tmp_path / "edge")]) == 0
+    assert "split 1 (vit.embeddings) of vit" in capsys.readouterr().out
+    pulled = sorted(p for p in tree_bytes(tmp_path / "edge") if not p.startswith(".cache/"))
+    assert pulled == ["config.json", "edge/config.json", "edge/model.safetensors", "vortex.json"]  # no cloud
+    assert vortex_main(["pull", "org/vit", "--part", "full", "--out", str(tmp_path / "full")]) == 0
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    hf = AutoModelForImageClassification.from_pretrained(tmp_path / "full").eval()
+    ours = VortexModel.from_pretrained("org/vit", cache_dir=tmp_path / "cache")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(pixel_values=x).logits, ours(x), atol=1e-5, rtol=0)
+    edge = VortexModel.from_pretrained(tmp_path / "edge", part="edge")
+    cloud = VortexModel.from_pretrained("org/vit", part="cloud", cache_dir=tmp_path / "cache")
+    torch.testing.assert_close(run(cloud, run(edge, x)), run(ours, x))
+    assert edge.config.split_index == 1 == read_meta(hub["vit"])["halves"]["index"]

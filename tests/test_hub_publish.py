@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hub_helpers import SECRET, FakeHub, make_checkpoint, tree_bytes
 from huggingface_hub import ModelCard, constants
 
 from vortex.cli.main import main as vortex_main
 from vortex.errors import HubError
+from vortex.hub.model import VortexModel
 from vortex.hub.repo import publish
 from vortex.training.loop import main as train
 
@@ -191,6 +193,7 @@ def test_only_the_model_repo_is_published_and_dry_run_pushes_nothing(checkpoint,
         "probe/profile.json",
         "privacy/recon_split3.png",
         "notes.txt",
+        "edge/model.onnx",  # an old export: uploaded only with --with-onnx, and then exported afresh
     ):
         (work / junk).parent.mkdir(parents=True, exist_ok=True)
         (work / junk).write_bytes(b"not for the repo")
@@ -201,3 +204,40 @@ def test_only_the_model_repo_is_published_and_dry_run_pushes_nothing(checkpoint,
     size = sum((work / f).stat().st_size for f in EXPECTED if f != "README.md")
     assert out.splitlines()[0].startswith(f"would publish {work} to org/name (main): {len(EXPECTED)} files")
     assert size < 3_000_000
+    assert vortex_main(["publish", str(work), "--repo-id", "org/name", "--dry-run", "--with-onnx"]) == 0
+    listed = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == sorted([*EXPECTED, "edge/model.onnx", "cloud/model.onnx"]) and not fake_hub.requests
+    assert (work / "edge" / "model.onnx").read_bytes() == b"not for the repo"  # a dry run changes nothing
+
+
+def test_the_card_metadata_parses_back(checkpoint, fake_hub, tmp_path):
+    work = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, work)
+    meta = json.loads((work / "vortex.json").read_text())
+    meta["recipe"]["license"], meta["profile"]["dataset"] = "mit", "org/digits"  # a Hub dataset id
+    (work / "vortex.json").write_text(json.dumps(meta))
+    for flags, license in (([], "mit"), (["--license", "apache-2.0"], "apache-2.0")):
+        assert vortex_main(["publish", str(work), "--repo-id", "org/name", *flags]) == 0
+        data = ModelCard(fake_hub.commits[-1].files["README.md"].decode()).data
+        assert (data.license, data.library_name, data.datasets) == (license, "vortex", ["org/digits"])
+        assert {"split-inference", "model-inversion"} <= set(data.tags)
+
+
+def test_vortex_model_push_to_hub(checkpoint, fake_hub, tmp_path, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    edge = VortexModel.from_pretrained(checkpoint, part="edge")
+    url = edge.push_to_hub("org/edge", token=SECRET, private=True)
+    commit = fake_hub.commits[-1]
+    assert url.startswith(f"{fake_hub.url}/org/edge/commit/") and commit.repo_id == "org/edge"
+    assert sorted(commit.files) == ["config.json", "edge/config.json", "edge/model.safetensors", "vortex.json"]
+    for name, data in commit.files.items():
+        (tmp_path / "edge" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "edge" / name).write_bytes(data)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(VortexModel.from_pretrained(tmp_path / "edge", part="edge")(x), edge(x))
+    VortexModel.from_pretrained(checkpoint).push_to_hub("org/full", token=SECRET, revision="dev")
+    assert (fake_hub.commits[-1].repo_id, fake_hub.commits[-1].revision) == ("org/full", "dev")
+    assert sorted(fake_hub.commits[-1].files) == EXPECTED
+    out = capsys.readouterr()
+    no_secret_anywhere(out.out, out.err, caplog.text, files={**commit.files, **fake_hub.commits[-1].files})

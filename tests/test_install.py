@@ -30,19 +30,34 @@ def test_the_wheel_ships_recipes_and_card_templates(wheel):
 
 
 def test_train_and_card_from_an_installed_wheel_outside_the_repo(wheel, tmp_path):
-    site = tmp_path / "site"
+    """A fresh virtual environment (its dependencies borrowed from this one, vortex itself not), the wheel
+    installed with pip, and the `vortex` command run from another directory."""
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, capture_output=True, timeout=300)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    deps = [p for p in sys.path if p.endswith("site-packages")]  # torch, transformers, ... (not vortex: editable)
+    (Path(site) / "borrowed_dependencies.pth").write_text("\n".join(deps) + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,
     )
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {"PYTHONPATH": str(site), "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
-    code = "import vortex, sys; print(vortex.__file__); sys.exit(__import__('vortex.cli.main').cli.main.main())"
+    env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    where = subprocess.run(
+        [str(python), "-c", "import vortex; print(vortex.__file__)"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert where.stdout.startswith(site), where.stdout + where.stderr  # the wheel's vortex, not the repository's
     proc = subprocess.run(
-        [sys.executable, "-c", code, "train", "--output_dir", "run", "--epochs", "1", "--max_train_samples", "128"],
+        ["vortex", "train", "--output_dir", "run", "--num_train_epochs", "1", "--max_train_samples", "128"],
         cwd=work,
         env=env,
         capture_output=True,
@@ -50,6 +65,6 @@ def test_train_and_card_from_an_installed_wheel_outside_the_repo(wheel, tmp_path
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines()[0].startswith(str(site))  # the wheel's vortex, not the repository's
+    assert "checkpoint written to run" in proc.stdout
     card = (work / "run" / "README.md").read_text()
     assert "A `cnn` image classifier for **digits**" in card

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from vortex.core import stats
 from vortex.core.probe import profile_model
 from vortex.core.splits import SplitModel
 from vortex.data import load_data
 from vortex.errors import ProfileError
 from vortex.models import ModelSpec, build_model, split_model
+from vortex.records import Profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from probe_worker import seeded_profile  # noqa: E402
@@ -36,13 +38,16 @@ def test_profile_matches_numpy_on_captured_features(digits):
     sm.model.eval()
     with torch.no_grad():
         _, zs = sm.forward_all(x)
-    assert profile["num_samples"] == len(ds) and len(profile["splits"]) == sm.num_splits
-    for split, z in zip(profile["splits"], zs):
+    assert profile.num_samples == len(ds) and len(profile.splits) == sm.num_splits
+    rho = []
+    for split, z in zip(profile.splits, zs):
         ref = numpy_reference(z.numpy(), y, 10)
         for key in ("rc2", "global_var", "rho"):
-            assert split[key] == pytest.approx(ref[key], rel=1e-5), (split["name"], key)
-        np.testing.assert_allclose(split["rc2_per_class"], ref["rc2_per_class"], rtol=1e-5)
-    assert 1 <= profile["gpz"]["index"] <= sm.num_splits
+            assert getattr(split, key) == pytest.approx(ref[key], rel=1e-5), (split.name, key)
+        np.testing.assert_allclose(split.rc2_per_class, ref["rc2_per_class"], rtol=1e-5)
+        rho.append(ref["rho"])
+    drops = [(a - b) / a for a, b in zip(rho[:-1], rho[1:])]
+    assert profile.gpz.index == 2 + int(np.argmax(drops))  # the split after the largest drop of numpy's rho
 
 
 def test_sketch_bounds_wide_splits_and_keeps_their_rho(digits):
@@ -52,13 +57,28 @@ def test_sketch_bounds_wide_splits_and_keeps_their_rho(digits):
     kw = dict(model_name="cnn", dataset_name="digits", progress=False)
     exact = profile_model(sm, digits["test"], **kw)
     sketched = profile_model(sm, digits["test"], sketch_dim=512, **kw)
-    for e, s in zip(exact["splits"], sketched["splits"]):
-        if e["dim"] > 512:
-            assert s["sketch_dim"] == 512
-            assert s["rho"] == pytest.approx(e["rho"], rel=0.1), e["name"]
+    for e, s in zip(exact.splits, sketched.splits):
+        if e.dim > 512:
+            assert s.sketch_dim == 512
+            assert s.rho == pytest.approx(e.rho, rel=0.1), e.name
         else:
-            assert s["sketch_dim"] is None and s["rc2"] == e["rc2"]
-    assert any(s["sketch_dim"] for s in sketched["splits"])
+            assert s.sketch_dim is None and s.rc2 == e.rc2
+    assert any(s.sketch_dim for s in sketched.splits)
+
+
+def test_default_sketches_only_what_the_budget_cannot_hold_and_exact_forces_exact(digits, monkeypatch):
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", 10, 1, 8)
+    sm = split_model(build_model(spec), spec)
+    kw = dict(model_name="cnn", dataset_name="digits", progress=False)
+    exact = profile_model(sm, digits["test"], **kw)  # 10 classes x 4,618 dims: exact under the default budget
+    assert all(s.sketch_dim is None for s in exact.splits)
+    monkeypatch.setattr(stats, "STATS_BYTES", 200_000)  # exact would take 10 x 4,618 x 8 = 369,440 bytes
+    auto = profile_model(sm, digits["test"], **kw)
+    assert [s.sketch_dim for s in auto.splits] == [256 if e.dim > 256 else None for e in exact.splits]
+    assert [s.rc2 for s in auto.splits if s.dim <= 256] == [e.rc2 for e in exact.splits if e.dim <= 256]
+    forced = profile_model(sm, digits["test"], sketch_dim="exact", **kw)
+    assert [s.rc2 for s in forced.splits] == [e.rc2 for e in exact.splits]
 
 
 def test_predicted_labels_group_by_argmax(digits):
@@ -78,13 +98,13 @@ def test_predicted_labels_group_by_argmax(digits):
     with torch.no_grad():
         logits, zs = sm.forward_all(x)
     pred = logits.argmax(1).numpy()
-    assert profile["class_counts"] == np.bincount(pred, minlength=10).tolist()
-    assert profile["labels"] == "predicted"
-    small = [c for c, n in enumerate(profile["class_counts"]) if n < 2]
-    assert sorted(int(c) for c in profile["small_classes"]) == small
+    assert profile.class_counts == np.bincount(pred, minlength=10).tolist()
+    assert profile.labels == "predicted"
+    small = [c for c, n in enumerate(profile.class_counts) if n < 2]
+    assert sorted(int(c) for c in profile.small_classes) == small
     ref = numpy_reference(zs[1].numpy(), pred, 10)
     kept = [r for c, r in enumerate(ref["rc2_per_class"]) if c not in small]
-    assert profile["splits"][1]["rc2"] == pytest.approx(np.mean(kept), rel=1e-5)
+    assert profile.splits[1].rc2 == pytest.approx(np.mean(kept), rel=1e-5)
 
 
 def test_collapsed_predictions_are_a_clear_error(digits):
@@ -99,16 +119,17 @@ def test_two_processes_give_the_single_process_numbers(tmp_path, torchrun):
     single = seeded_profile(batch_size=64)
     out = tmp_path / "profile.json"
     torchrun(str(Path(__file__).parent / "probe_worker.py"), str(out), "64")
-    multi = json.loads(out.read_text())
-    assert multi["processes"] == 2  # really two processes, each profiling its own shard
-    assert multi["num_samples"] == single["num_samples"]  # no padding duplicates
-    assert multi["class_counts"] == single["class_counts"]
-    for a, b in zip(multi["splits"], single["splits"]):
+    written = json.loads(out.read_text())
+    assert written["processes"] == 2  # really two processes, each profiling its own shard
+    multi = Profile.from_dict(written)
+    assert multi.num_samples == single.num_samples  # no padding duplicates
+    assert multi.class_counts == single.class_counts
+    for a, b in zip(multi.splits, single.splits):
         for key in ("rc2", "global_var", "rho", "h_bound_feature", "h_bound_decision"):
-            assert a[key] == pytest.approx(b[key], rel=1e-6), (a["name"], key)
-    assert (multi["gpz"]["index"], multi["gpz"]["zone"]) == (single["gpz"]["index"], single["gpz"]["zone"])
-    assert multi["gpz"]["drops"] == pytest.approx(single["gpz"]["drops"], rel=1e-6)
-    assert multi["accuracy"] == pytest.approx(single["accuracy"])
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-6), (a.name, key)
+    assert (multi.gpz.index, multi.gpz.zone) == (single.gpz.index, single.gpz.zone)
+    assert multi.gpz.drops == pytest.approx(single.gpz.drops, rel=1e-6)
+    assert multi.accuracy == pytest.approx(single.accuracy)
 
 
 class NaNAfterFirst(nn.Module):

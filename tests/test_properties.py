@@ -90,9 +90,9 @@ curves = st.builds(
 @given(curves, st.floats(1e-3, 1e3))
 def test_the_gpz_rule_matches_the_reference_and_ignores_scale(values, scale):
     got = locate_gpz(values)
-    assert (got["index"], got["zone"]) == slow_gpz(values)
+    assert (got.index, got.zone) == slow_gpz(values)
     scaled = locate_gpz([v * scale for v in values])
-    drops = np.asarray(got["drops"])
+    drops = np.asarray(got.drops)
     exact = len(set(np.round(drops, 9))) == len(drops) and not np.any(np.abs(drops - 0.2) < 1e-9)
     if exact:  # no ties and no drop on the 20% line, which a rounding of the scaled curve could move
-        assert (scaled["index"], scaled["zone"]) == (got["index"], got["zone"])
+        assert (scaled.index, scaled.zone) == (got.index, got.zone)

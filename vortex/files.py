@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vortex.errors import VortexError
+from vortex.records import Record
 
 LOCK = ".vortex.lock"  # held by the process writing into an output directory
 
@@ -40,14 +41,20 @@ def _umask() -> int:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write `obj` as indented JSON, atomically."""
+    """Write `obj` (typed records included) as indented JSON, atomically."""
 
     def dump(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
+            json.dump(obj, f, indent=2, allow_nan=False, default=_record_dict)
             f.write("\n")
 
     return write_atomic(path, dump)
+
+
+def _record_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, Record):
+        return obj.to_dict()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def write_text(path: str | Path, text: str) -> Path:

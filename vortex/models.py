@@ -1,7 +1,9 @@
-"""Built-in architectures, custom `package.module:function` models, and the spec that rebuilds them."""
+"""Built-in architectures, custom `package.module:function` models, transformers image classifiers, and the
+spec that rebuilds them."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import logging
@@ -13,10 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from vortex.core.splits import SplitModel
+from vortex.core.splits import SplitModel, Splittable
 from vortex.errors import VortexError
 
 BUILTIN_MODELS = ("cnn", "resnet18", "vgg16_bn", "vit")
+# a transformers AutoModelForImageClassification, rebuilt from its config (options["config"]) by transformers' own
+# classes, never remote code; split with forward hooks (vortex.core.hooks)
+TRANSFORMERS = "transformers"
+# built-ins whose weights are key for key a transformers model: their config.json is that model's config
+TRANSFORMERS_CLASSES = {"vit": "ViTForImageClassification"}
 log = logging.getLogger(__name__)
 
 
@@ -35,13 +42,17 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        return cls(
-            d["architecture"],
-            int(d["num_classes"]),
-            int(d["in_channels"]),
-            int(d["image_size"]),
-            dict(d.get("options", {})),
-        )
+        """The spec a config records; KeyError, TypeError or ValueError for one that describes no model."""
+        arch, options = d["architecture"], d.get("options", {})
+        if not isinstance(arch, str):
+            raise TypeError(f"architecture must be a model name, got {arch!r}")
+        if not isinstance(options, dict):
+            raise TypeError(f"options must be a mapping, got {options!r}")
+        sizes = {key: int(d[key]) for key in ("num_classes", "in_channels", "image_size")}
+        for key, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"{key} must be at least 1, got {value}")
+        return cls(arch, **sizes, options=dict(options))
 
 
 def _conv_block(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -154,6 +165,49 @@ def vit(num_classes: int, in_channels: int, image_size: int, **options: Any) -> 
     return ViTClassifier(num_classes, in_channels, image_size, **options)
 
 
+def transformers_config(model: nn.Module, spec: ModelSpec) -> dict[str, Any] | None:
+    """The transformers config.json of a transformers model or a built-in in TRANSFORMERS_CLASSES (what
+    `save_pretrained` of that transformers class writes), or None for the others."""
+    if spec.architecture not in (*TRANSFORMERS_CLASSES, TRANSFORMERS):
+        return None
+    config = copy.deepcopy(model.config)
+    config.architectures = [TRANSFORMERS_CLASSES.get(spec.architecture, type(model).__name__)]
+    return config.to_diff_dict()
+
+
+def hf_config(values: dict[str, Any], source: str) -> Any:
+    """The transformers config `values` describe (a config.json), built by transformers' own config class of
+    its model_type: `auto_map` (code a repo names) is ignored."""
+    from transformers import AutoConfig
+
+    values = {k: v for k, v in values.items() if k != "auto_map"}
+    model_type = values.pop("model_type", None)
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VortexError(
+            f"{source} describes no transformers model vortex can build (model_type {model_type!r}: "
+            f"{str(exc).splitlines()[0]}); vortex builds transformers' own image classifiers, never code from a repo"
+        ) from None
+
+
+def transformers_model(spec: ModelSpec) -> nn.Module:
+    """The (untrained) AutoModelForImageClassification of spec.options["config"], in float32."""
+    from transformers import AutoModelForImageClassification
+
+    config = hf_config(spec.options["config"], f"the model config ({spec.architecture})")
+    if config.num_labels != spec.num_classes:
+        raise VortexError(
+            f"the model config has {config.num_labels} labels but the spec {spec.num_classes} classes; save it again"
+        )
+    try:
+        return AutoModelForImageClassification.from_config(config, dtype=torch.float32)
+    except ValueError as exc:
+        raise VortexError(
+            f"{type(config).__name__} is not the config of an image classifier: {str(exc).splitlines()[0]}"
+        ) from None
+
+
 def input_size(architecture: str, data_size: int) -> int:
     """The image side a built-in runs at for data of side `data_size` (custom models: unchanged)."""
     if architecture == "vgg16_bn":
@@ -164,8 +218,21 @@ def input_size(architecture: str, data_size: int) -> int:
     return data_size
 
 
-def split_model(model: nn.Module, spec: ModelSpec, split_points: Sequence[str] | None = None) -> SplitModel:
-    """Wrap a model of `spec` in a SplitModel with the split points its architecture calls for."""
+def split_model(model: nn.Module, spec: ModelSpec, split_points: Sequence[str] | None = None) -> Splittable:
+    """Wrap a model of `spec` in a SplitModel (a transformers model: a HookSplitModel) with the split points
+    its architecture calls for."""
+    if spec.architecture == TRANSFORMERS:  # torch.fx cannot trace them: forward hooks
+        from vortex.core.hooks import HookSplitModel
+
+        device = next(model.parameters()).device
+        example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size, device=device)
+        try:
+            return HookSplitModel(model, example, split_points)
+        except (RuntimeError, ValueError) as exc:
+            raise VortexError(
+                f"{type(model).__name__} cannot run on images of shape {list(example.shape[1:])}: "
+                f"{str(exc).splitlines()[0]}; give --image-size / --channels the model was made for"
+            ) from None
     if spec.architecture == "vit":
         from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
 
@@ -205,6 +272,10 @@ def build_model(spec: ModelSpec, *, trust_code: Sequence[str] = ()) -> nn.Module
     arch = spec.architecture
     if arch in BUILTIN_MODELS:
         check_options(arch, spec.options)
+    if arch == TRANSFORMERS:
+        if set(spec.options) != {"config"} or not isinstance(spec.options["config"], dict):
+            raise VortexError(f"a {TRANSFORMERS} model's options must be {{'config': a transformers config}}")
+        return transformers_model(spec)
     if arch == "cnn":
         return cnn(spec.num_classes, spec.in_channels, **spec.options)
     if arch == "resnet18":
@@ -282,8 +353,15 @@ def _adapt_input(model: nn.Module, channels: int, entry: str) -> None:
 
 def _adapt_head(model: nn.Module, spec: ModelSpec, entry: str) -> None:
     """Replace the last linear layer when the model's output width is not the class count, saying so."""
-    with torch.no_grad():
-        out = model.eval()(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+    shape = (spec.in_channels, spec.image_size, spec.image_size)
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *shape))
+    except RuntimeError as exc:  # e.g. a linear layer sized for other images
+        raise VortexError(
+            f"'{entry}' cannot run on the data's images of shape {shape}: {str(exc).splitlines()[0]}; give it a "
+            "model for that shape, or set image_size / channels in the recipe (--image-size / --channels)"
+        ) from None
     model.train()
     width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
     if width == spec.num_classes:

@@ -28,3 +28,16 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="seed of the train/test split of data sets without one (default: 0, as vortex train uses)",
     )
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The config and the columns of a folder / .parquet / Hub data set (the HF example scripts' flag names)."""
+    parser.add_argument(
+        "--dataset_config_name", "--dataset-config-name", help="the config of a Hub dataset with several (e.g. 'gray')"
+    )
+    parser.add_argument(
+        "--image_column_name", "--image-column-name", help="the column holding the images (default: guessed)"
+    )
+    parser.add_argument(
+        "--label_column_name", "--label-column-name", help="the column holding the labels (default: guessed)"
+    )

@@ -1,10 +1,13 @@
-"""Train with Hugging Face Accelerate: the file behind `accelerate launch vortex/train.py`.
+"""Train with Hugging Face Accelerate: the file behind `accelerate launch vortex/train.py`, and its Python API.
 
     accelerate launch vortex/train.py --target-gpz 6 --output_dir runs/gpz6
     vortex train --target-gpz 6 --output_dir runs/gpz6          # the same program
     accelerate launch -m vortex train --target-gpz 6 ...        # the same, as a module
 
-The loop itself is vortex/training/loop.py; `vortex train --help` lists every option.
+    from vortex.train import TrainConfig, train                 # the same, from Python
+    result = train(TrainConfig(target_gpz=6, output_dir="runs/gpz6"))   # a TrainResult
+
+The loop itself is vortex/training/loop.py; `vortex train --help` lists every option (TrainConfig's fields).
 """
 
 import sys
@@ -14,7 +17,9 @@ if __package__ in (None, ""):  # run as a file: import the package, not the modu
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from vortex.cli.main import run_guarded  # noqa: E402
-from vortex.training.loop import main  # noqa: E402
+from vortex.training.loop import TARGET_MISSED, TrainConfig, TrainResult, main, parse_config, train  # noqa: E402
+
+__all__ = ["TARGET_MISSED", "TrainConfig", "TrainResult", "parse_config", "train"]
 
 if __name__ == "__main__":
     sys.exit(run_guarded(main))

@@ -31,6 +31,7 @@ from vortex.core.splits import SplitModel, evaluating
 from vortex.data import make_loader, take
 from vortex.distributed import process_state
 from vortex.errors import AttackError
+from vortex.records import AttackReport, AttackResult, Gpz, PosthocGpz, PredictedGpz, Profile
 
 BUILT_IN = (DecoderAttack, EnhancedAttack, OptimizeAttack)  # registered by name on import
 MIN_AUX_IMAGES = 32  # enough to train on and hold out 8 for early stopping
@@ -52,21 +53,20 @@ class SplitAttack:
     epochs_run: int | None = None
     val_mse: float | None = None
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> AttackResult:
         """The attack.json entry for this split."""
-        out = {
-            "index": self.index,
-            "name": self.name,
+        return AttackResult(
+            index=self.index,
+            name=self.name,
             **self.metrics,
-            "shape": self.shape,
-            "seconds": round(self.seconds, 3),
-        }
-        if self.epochs_run is not None:
-            out.update(epochs_run=self.epochs_run, aux_val_mse=self.val_mse)
-        return out
+            shape=list(self.shape),
+            seconds=round(self.seconds, 3),
+            epochs_run=self.epochs_run,
+            aux_val_mse=self.val_mse if self.epochs_run is not None else None,
+        )
 
 
-def select_splits(sm: SplitModel, spec: str, gpz: dict | None = None) -> list[int]:
+def select_splits(sm: SplitModel, spec: str, gpz: Gpz | None = None) -> list[int]:
     """Split indices for `--splits`: "all", "gpz" (the a-priori zone and one split either side)
     or a comma-separated list of indices or names."""
     spec = spec.strip()
@@ -78,7 +78,7 @@ def select_splits(sm: SplitModel, spec: str, gpz: dict | None = None) -> list[in
                 "--splits gpz needs an a-priori GPZ, and none could be computed for this model "
                 "(see the note above): list the splits to attack instead, e.g. --splits 1,3,5"
             )
-        zone = gpz.get("zone") or [gpz["index"]]
+        zone = gpz.zone or [gpz.index]
         return list(range(max(1, min(zone) - 1), min(sm.num_splits, max(zone) + 1) + 1))
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
@@ -295,10 +295,10 @@ def _z_shapes(
     return {k: tuple(_check_z(sm, k, zs[k - 1]).shape[1:]) for k in splits}, int(out.reshape(1, -1).shape[1])
 
 
-def gpz_agreement(zone: Sequence[int], posthoc: dict) -> bool:
+def gpz_agreement(zone: Sequence[int], posthoc: PosthocGpz) -> bool:
     """Whether the predicted zone meets the splits where the attack MSE rose most: (previous attacked
     split, post-hoc split]. With consecutive splits that is: the post-hoc split is in the zone."""
-    low, high = posthoc["interval"]
+    low, high = posthoc.interval
     return any(low <= k <= high for k in zone)
 
 
@@ -309,38 +309,45 @@ def attack_report(
     dataset: str,
     aux_dataset: str | None,
     attack: str,
-    profile: dict | None,
-    extra: dict | None = None,
-) -> dict[str, Any]:
+    profile: Profile | None,
+    profile_source: str | None = None,
+    aux_source: str | None = None,
+    settings: dict[str, Any] | None = None,
+    processes: int | None = None,
+    seconds: float | None = None,
+) -> AttackReport:
     """The attack.json record: per-split metrics, the a-priori and post-hoc GPZ and their agreement."""
     splits = [a.record() for a in attacks]
     if profile is not None:
         for s in splits:
-            s["rho"] = profile["splits"][s["index"] - 1]["rho"]
-    gpz = profile["gpz"] if profile is not None else None
+            s.rho = profile.splits[s.index - 1].rho
+    gpz = profile.gpz if profile is not None else None
     predicted = (
-        {"index": gpz["index"], "zone": gpz["zone"], "quantity": gpz.get("quantity")} if gpz else {"index": None}
+        PredictedGpz(index=gpz.index, zone=gpz.zone, quantity=gpz.quantity, source=profile_source)
+        if gpz
+        else PredictedGpz(index=None, source=profile_source)
     )
-    posthoc, agreement = {"index": None, "reason": "a post-hoc GPZ needs attacks at 2 or more splits"}, None
+    posthoc, agreement = PosthocGpz(index=None, reason="a post-hoc GPZ needs attacks at 2 or more splits"), None
     if len(attacks) >= 2:
         found = locate_posthoc([a.index for a in attacks], [a.metrics["mse"] for a in attacks])
-        if max(found["rises"]) > 0:
-            posthoc, agreement = found, gpz_agreement(gpz["zone"], found) if gpz else None
+        if max(found.rises) > 0:
+            posthoc, agreement = found, gpz_agreement(gpz.zone, found) if gpz else None
         else:
-            posthoc = {
-                "index": None,
-                "reason": "attack MSE never rises from one attacked split to the next",
-                "rises": found["rises"],
-            }
-    return {
-        "vortex_version": __version__,
-        "model": model,
-        "dataset": dataset,
-        "aux_dataset": aux_dataset,
-        "attack": attack,
-        **(extra or {}),
-        "splits": splits,
-        "gpz_predicted": predicted,
-        "gpz_posthoc": posthoc,
-        "agreement": agreement,
-    }
+            posthoc = PosthocGpz(
+                index=None, reason="attack MSE never rises from one attacked split to the next", rises=found.rises
+            )
+    return AttackReport(
+        vortex_version=__version__,
+        model=model,
+        dataset=dataset,
+        aux_dataset=aux_dataset,
+        attack=attack,
+        aux_source=aux_source,
+        settings=settings,
+        processes=processes,
+        seconds=seconds,
+        splits=splits,
+        gpz_predicted=predicted,
+        gpz_posthoc=posthoc,
+        agreement=agreement,
+    )

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from vortex.errors import ProfileError
-from vortex.options import add_input_options, add_trust_code_option
+from vortex.options import add_data_options, add_input_options, add_trust_code_option
+from vortex.records import Profile
 
 HELP = """\
 Attack z at each split and measure how well the input can be rebuilt.
@@ -42,7 +43,11 @@ def add_attack_parser(sub: argparse._SubParsersAction) -> None:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="built-in name, checkpoint directory, or package.module:function")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="built-in name, checkpoint directory, transformers model (directory or Hub id) or package.module:function",
+    )
     p.add_argument(
         "--dataset",
         required=True,
@@ -95,6 +100,7 @@ def add_attack_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples, decoders and shuffles (default: 0)")
     p.add_argument("--batch-size", type=int, default=64, help="decoder training batch (default: 64)")
     add_trust_code_option(p)
+    add_data_options(p)  # for --dataset; --aux-dataset is read with its defaults
     add_input_options(p)
     p.set_defaults(func=cmd_attack)
 
@@ -106,15 +112,15 @@ def _note(message: str) -> None:
         print(f"vortex: note: {message}")
 
 
-def _a_priori_profile(args: argparse.Namespace, loaded: Any, private: Any, meta: dict) -> tuple[dict | None, str]:
+def _a_priori_profile(args: argparse.Namespace, loaded: Any, private: Any, meta: dict) -> tuple[Profile | None, str]:
     """The checkpoint's stored profile when it matches this data and these splits, else a fresh one."""
     from vortex.core.probe import profile_model
 
-    stored = meta.get("profile")
+    stored = Profile.from_dict(meta["profile"]) if meta.get("profile") else None
     if (
         stored
-        and stored.get("dataset") == args.dataset
-        and [s["name"] for s in stored["splits"]] == [s.name for s in loaded.split.splits]
+        and stored.dataset == args.dataset
+        and [s.name for s in stored.splits] == [s.name for s in loaded.split.splits]
     ):
         return stored, "checkpoint profile"
     spec = loaded.spec
@@ -158,7 +164,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
     )
     get_attack(config.attack)  # an unknown attack or an unusable --out is refused before any work
     check_output_dir(args.out, "--out")
-    data = load_data(args.dataset, seed=args.data_seed)
+    data = load_data(
+        args.dataset,
+        config_name=args.dataset_config_name,
+        image_column=args.image_column_name,
+        label_column=args.label_column_name,
+        seed=args.data_seed,
+    )
     test = data["test"]
     channels, height, _ = data_shape(test)
     loaded = load_model(
@@ -175,7 +187,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     private = take(test, args.max_samples, seed=args.seed)
     meta = read_meta(args.model) if Path(args.model).is_dir() else {}
     profile, profile_source = _a_priori_profile(args, loaded, private, meta)
-    splits = select_splits(loaded.split, args.splits, profile and profile["gpz"])
+    splits = select_splits(loaded.split, args.splits, profile and profile.gpz)
 
     aux = aux_name = aux_source = None
     if args.attack != "optimize":
@@ -210,14 +222,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
         aux_dataset=aux_name,
         attack=args.attack,
         profile=profile,
-        extra={
-            "aux_source": aux_source,
-            "settings": settings,
-            "processes": state.num_processes,
-            "seconds": round(time.perf_counter() - start, 2),
-        },
+        profile_source=profile_source,
+        aux_source=aux_source,
+        settings=settings,
+        processes=state.num_processes,
+        seconds=round(time.perf_counter() - start, 2),
     )
-    result["gpz_predicted"]["source"] = profile_source
     out = Path(args.out)
     write_json(out / "attack.json", result)
     plot_attack(result, out / "attack.png")

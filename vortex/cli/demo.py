@@ -19,27 +19,29 @@ from vortex.cli.main import main as vortex
 from vortex.files import write_json
 from vortex.hub.cards import write_card
 from vortex.hub.layout import META, read_meta
-from vortex.training.loop import TARGET_MISSED
-from vortex.training.loop import main as train
+from vortex.logs import show_logs
+from vortex.records import AttackReport, Profile
+from vortex.training.loop import TARGET_MISSED, TrainConfig, train
 
 
 def summary(meta: dict, untargeted: dict | None = None) -> str:
     """Per split of a checkpoint's vortex.json (with its attack): payload, rho, attack MSE / PSNR / SSIM,
     with the target and both GPZs marked; then the privacy verdict at the target split, next to the
     untargeted model's attack at the same split (`untargeted`: its attack.json)."""
-    attack = meta["attack"]
-    by_index = {s["index"]: s for s in attack["splits"]}
-    target, prior, post = meta.get("target_gpz"), meta["gpz"]["index"], attack["gpz_posthoc"].get("index")
+    attack, profile = AttackReport.from_dict(meta["attack"]), Profile.from_dict(meta["profile"])
+    by_index = {s.index: s for s in attack.splits}
+    target, prior, post = meta.get("target_gpz"), profile.gpz.index, attack.gpz_posthoc.index
     rows = [f"{'split':>5}  {'name':<8} {'bytes':>6} {'rho':>6} {'attack MSE':>10} {'PSNR dB':>8} {'SSIM':>6}  marks"]
-    for s in meta["profile"]["splits"]:
-        a = by_index.get(s["index"], {})
-        marks = [m for m, k in (("target", target), ("GPZ a priori", prior), ("GPZ post hoc", post)) if k == s["index"]]
+    nan = float("nan")
+    for s in profile.splits:
+        a = by_index.get(s.index)
+        marks = [m for m, k in (("target", target), ("GPZ a priori", prior), ("GPZ post hoc", post)) if k == s.index]
         rows.append(
-            f"{s['index']:>5}  {s['name']:<8} {s['bytes']:>6} {s['rho']:>6.3f} {a.get('mse', float('nan')):>10.4f} "
-            f"{a.get('psnr', float('nan')):>8.2f} {a.get('ssim', float('nan')):>6.3f}  {', '.join(marks)}"
+            f"{s.index:>5}  {s.name:<8} {s.bytes:>6} {s.rho:>6.3f} {a.mse if a else nan:>10.4f} "
+            f"{a.psnr if a else nan:>8.2f} {a.ssim if a else nan:>6.3f}  {', '.join(marks)}"
         )
     base = meta.get("baseline", {}).get("test_accuracy")
-    first, at_gpz = by_index[1]["mse"], by_index[prior]["mse"]
+    first, at_gpz = by_index[1].mse, by_index[prior].mse
     privacy = meta["privacy"]
     at_k = next(s["mse"] for s in privacy["splits"] if s["index"] == target)
     line = privacy["criterion"]["min_mse"]
@@ -52,14 +54,14 @@ def summary(meta: dict, untargeted: dict | None = None) -> str:
         f"test accuracy {meta['test_accuracy']:.4f}" + (f" (untargeted {base:.4f})" if base is not None else ""),
     ]
     if untargeted:
-        other = next(s["mse"] for s in untargeted["splits"] if s["index"] == target)
+        other = AttackReport.from_dict(untargeted).mse()[target]
         rows.append(
-            f"split {target}, same attack: targeted MSE {by_index[target]['mse']:.4f} vs untargeted {other:.4f} "
+            f"split {target}, same attack: targeted MSE {by_index[target].mse:.4f} vs untargeted {other:.4f} "
             f"(recon_split{target}.png in attack/ and baseline_attack/)"
         )
     rows += [
         f"a-priori GPZ {prior}, post-hoc GPZ {post}: "
-        f"{ {True: 'agree', False: 'disagree', None: 'no post-hoc GPZ'}[attack['agreement']] }; "
+        f"{ {True: 'agree', False: 'disagree', None: 'no post-hoc GPZ'}[attack.agreement] }; "
         f"attack MSE at the GPZ is {at_gpz / first:.1f}x the MSE at split 1",
     ]
     return "\n".join(rows)
@@ -74,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attack-epochs", type=int, default=10, help="decoder training epochs per split (default: 10)")
     p.add_argument("--repo-id", help="also publish the checkpoint to this Hub repo (ORG/NAME)")
     args = p.parse_args(argv)
+    show_logs()
     out, start = Path(args.out), time.perf_counter()
 
     print(f"== 1/4 train cnn on digits with --target-gpz {args.target_gpz} (untargeted run first)", flush=True)
-    status = train(["--output_dir", str(out), "--target-gpz", str(args.target_gpz)])
+    status = train(TrainConfig(output_dir=out, target_gpz=args.target_gpz)).status
     print("== 2/4 profile the checkpoint on the held-out test split", flush=True)
     vortex(["probe", "--model", str(out), "--dataset", "digits", "--out", str(out / "probe")])
     print("== 3/4 attack every split (black-box decoder, auxiliary images the model never trained on)", flush=True)

@@ -19,7 +19,11 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:
         "rendered model card. Training state and logs stay local. Uses HF_TOKEN or the "
         "login of `hf auth login`; HF_ENDPOINT selects the Hub.",
     )
-    p.add_argument("directory", help="checkpoint directory written by `vortex train`")
+    p.add_argument(
+        "directory",
+        help="checkpoint directory written by `vortex train`, or a transformers model directory "
+        "(save_pretrained, transformers.Trainer) to publish as the vortex checkpoint it makes",
+    )
     p.add_argument("--repo-id", "--repo_id", required=True, help="ORG/NAME (or NAME for your own namespace)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", help="branch to push to (created from main if missing; default: main)")
@@ -36,8 +40,10 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:
         "--with-onnx",
         "--with_onnx",
         action="store_true",
-        help="also export both halves to ONNX (edge/model.onnx, cloud/model.onnx), checked against PyTorch",
+        help="also export both halves to ONNX (edge/model.onnx, cloud/model.onnx), checked against PyTorch, and "
+        "upload them (without it no ONNX file is uploaded)",
     )
+    p.add_argument("--license", help="license id for the card's metadata (default: the recipe's license, else other)")
     add_trust_code_option(p)
     p.set_defaults(func=cmd_publish)
 
@@ -51,6 +57,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         args.repo_id,
         dry_run=args.dry_run,
         with_onnx=args.with_onnx,
+        license=args.license,
         private=args.private,
         revision=args.revision,
         commit_message=args.commit_message,
@@ -126,7 +133,12 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("directory", help="checkpoint directory written by `vortex train`")
     p.add_argument("--part", choices=("edge", "cloud", "full"), default="edge", help="what to export (default: edge)")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "pte"),
+        default="onnx",
+        help="onnx (onnxruntime, default) or pte (an ExecuTorch program, XNNPACK on CPU)",
+    )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     p.add_argument("--out", help="output file (default: beside the part's weights)")
     add_trust_code_option(p)
@@ -141,6 +153,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(
         f"exported the {done.part} of {args.directory} to {done.path} ({human_size(done.path.stat().st_size)}); "
-        f"onnxruntime vs PyTorch on {done.inputs}: max abs diff {done.max_abs_diff:.2e}"
+        f"{'ExecuTorch' if args.format == 'pte' else 'onnxruntime'} vs PyTorch on {done.inputs}: "
+        f"max abs diff {done.max_abs_diff:.2e}"
     )
     return 0

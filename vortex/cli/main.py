@@ -10,7 +10,8 @@ from pathlib import Path
 from vortex.cli.attack import add_attack_parser
 from vortex.cli.hub import add_export_parser, add_publish_parser, add_pull_parser
 from vortex.errors import VortexError
-from vortex.options import add_input_options, add_trust_code_option
+from vortex.logs import show_logs
+from vortex.options import add_data_options, add_input_options, add_trust_code_option
 
 DESCRIPTION = """\
 vortex: find where a vision model may be split for private edge-cloud inference.
@@ -23,13 +24,18 @@ vortex: find where a vision model may be split for private edge-cloud inference.
   vortex export DIR --part edge --format onnx                      the edge half as ONNX, for onnxruntime
 
 Models: a built-in (cnn, resnet18, vgg16_bn, vit), a checkpoint directory written by vortex,
-a Hub repo id ORG/NAME, or package.module:function returning an nn.Module. Data: digits,
+a Hub repo id ORG/NAME, a transformers image classifier (a save_pretrained or Trainer directory,
+or its Hub repo id), or package.module:function returning an nn.Module. Data: digits,
 fashion-mnist, mnist-5k, an image folder (one sub-folder per class), a .parquet file, or a Hub dataset id.
 """
 
 
 def _split_list(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _sketch_dim(text: str) -> int | str:
+    return text if text == "exact" else int(text)
 
 
 def add_probe_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +45,11 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
         description="Profile every split of a model in one pass over labelled data and locate the "
         "Golden Partition Zone a priori. Writes OUT/profile.json and OUT/profile.png.",
     )
-    p.add_argument("--model", required=True, help="built-in name, checkpoint directory, or package.module:function")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="built-in name, checkpoint directory, transformers model (directory or Hub id) or package.module:function",
+    )
     p.add_argument("--dataset", required=True, help="digits, fashion-mnist, mnist-5k, image folder, .parquet or Hub id")
     p.add_argument("--out", required=True, help="output directory for profile.json and profile.png")
     p.add_argument(
@@ -69,12 +79,14 @@ def add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, help="profile at most N samples (default: all)")
     p.add_argument(
         "--sketch-dim",
-        type=int,
-        help="estimate splits wider than this from a count sketch of that width, bounding memory to "
-        "classes x width per split (default: exact); e.g. 16384 for 224x224 inputs",
+        type=_sketch_dim,
+        help="estimate splits wider than W from a count sketch of width W (memory classes x W per split), "
+        "or 'exact'; default: exact unless the class means of all splits would take over 2 GiB "
+        "(classes x dims x 8 bytes), then the widest power-of-two W that fits",
     )
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
     add_trust_code_option(p)
+    add_data_options(p)
     add_input_options(p)
     p.set_defaults(func=cmd_probe)
 
@@ -89,7 +101,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from vortex.report.tables import profile_table
 
     check_output_dir(args.out, "--out")
-    data = load_data(args.dataset, seed=args.data_seed)
+    data = load_data(  # --max-samples rows are chosen before any image is converted
+        args.dataset,
+        config_name=args.dataset_config_name,
+        image_column=args.image_column_name,
+        label_column=args.label_column_name,
+        seed=args.data_seed,
+        max_samples={args.data_split: args.max_samples},
+    )
     if args.data_split not in data:
         raise VortexError(f"data set '{args.dataset}' has no split '{args.data_split}'; it has {list(data)}")
     ds = data[args.data_split]
@@ -115,7 +134,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
         channels=loaded.spec.in_channels,
         labels=args.labels,
         batch_size=args.batch_size,
-        max_samples=args.max_samples,
         gpz_quantity=args.gpz_quantity,
         sketch_dim=args.sketch_dim,
     )
@@ -166,6 +184,7 @@ def run_guarded(func: Callable[..., int], *args: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    show_logs()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return run_guarded(cmd_train, argv[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vortex.errors import ProfileError
+from vortex.records import Gpz, PosthocGpz
 
 ZONE_THRESHOLD = 0.2
 
@@ -14,7 +15,7 @@ def relative_drops(values: Sequence[float]) -> list[float]:
     return [(a - b) / a if a > 0 else 0.0 for a, b in zip(values[:-1], values[1:])]
 
 
-def locate_gpz(values: Sequence[float], quantity: str = "rho", zone_threshold: float = ZONE_THRESHOLD) -> dict:
+def locate_gpz(values: Sequence[float], quantity: str = "rho", zone_threshold: float = ZONE_THRESHOLD) -> Gpz:
     """The paper's rule: the zone starts at the split after the largest relative drop.
 
     The second-largest drop joins the zone when it is itself at least `zone_threshold` and
@@ -30,17 +31,17 @@ def locate_gpz(values: Sequence[float], quantity: str = "rho", zone_threshold: f
         second = order[1]
         if drops[second] >= zone_threshold and abs(second - first) == 1:
             zone = sorted([first + 2, second + 2])
-    return {
-        "index": first + 2,
-        "zone": zone,
-        "criterion": f"largest relative drop of {quantity} between consecutive splits; "
+    return Gpz(
+        index=first + 2,
+        zone=zone,
+        criterion=f"largest relative drop of {quantity} between consecutive splits; "
         f"zone joins an adjacent drop of at least {zone_threshold:.0%}",
-        "quantity": quantity,
-        "drops": drops,
-    }
+        quantity=quantity,
+        drops=drops,
+    )
 
 
-def locate_posthoc(indices: Sequence[int], mse: Sequence[float]) -> dict:
+def locate_posthoc(indices: Sequence[int], mse: Sequence[float]) -> PosthocGpz:
     """The split after the largest rise of attack MSE (the GPZ as attacks see it).
 
     `indices` are the attacked splits in increasing order (a subset such as 1, 3, 5 is fine);
@@ -55,4 +56,4 @@ def locate_posthoc(indices: Sequence[int], mse: Sequence[float]) -> dict:
         raise ProfileError(f"split indices must increase, got {list(indices)}")
     rises = [b - a for a, b in zip(mse[:-1], mse[1:])]
     best = max(range(len(rises)), key=lambda i: rises[i])
-    return {"index": indices[best + 1], "interval": [indices[best] + 1, indices[best + 1]], "rises": rises}
+    return PosthocGpz(index=indices[best + 1], interval=[indices[best] + 1, indices[best + 1]], rises=rises)

@@ -4,19 +4,29 @@
 probe needs from a `SplitModel` (`model`, `splits`, `forward_all`, `describe`), from ONE forward
 pass per batch. Split k is the output of a named module; the hooks cannot check that nothing
 else crosses the cut (a skip connection), so name module boundaries such as blocks or stages.
+
+It also cuts the model into halves (`edge(k)`, `cloud(k)`) and taps it for training (`tap`):
+the edge runs the model until split k's module returns, then stops; the cloud runs the model
+with every module that ran before the cut replaced by a stub and split k's module returning z,
+so no edge computation happens in it. Each half holds (state_dict, parameters) only the tensors
+of the modules it runs, named as in the model. A cut is checked when made: cloud(edge(x)) must
+equal the model's logits on random images, else something besides z crosses it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
-from vortex.core.splits import FOLLOW_UP_MODULES, SplitPoint, describe_splits, evaluating
+from vortex.core.splits import FOLLOW_UP_MODULES, SplitPoint, describe_splits, evaluating, resolve_split
 from vortex.errors import SplitError
 
 
@@ -154,6 +164,9 @@ class HookSplitModel(nn.Module):
         self.splits = [SplitPoint(i + 1, n, n) for i, n in enumerate(names)]
         self._modules_by_name = {n: modules[n] for n in names}
         self._edge_params = self._count_edge_params(modules, finished, names)
+        self._example = example[:1].detach()
+        self._calls: tuple[dict[str, list[tuple[int, int]]], dict[str, Any]] | None = None
+        self._halves: dict[int, tuple[HookEdge, nn.Module]] = {}
 
     @staticmethod
     def _count_edge_params(modules: dict[str, nn.Module], finished: dict[str, int], names: list[str]) -> list[int]:
@@ -191,6 +204,218 @@ class HookSplitModel(nn.Module):
     def describe(self, example: torch.Tensor) -> list[dict]:
         """Index, name, shape, dim, float32 payload bytes and edge params of every split."""
         return describe_splits(self, example)
+
+    def resolve(self, split: int | str) -> int:
+        """The 1-based index of a split given by index or by name, with a clear error."""
+        return resolve_split(self.splits, split)
+
+    def tap(self, indices: Sequence[int]) -> HookTap:
+        """A module sharing the model's weights that returns (logits, z at each split in `indices`), to train."""
+        return HookTap(self.model, self.modules_at([self.resolve(k) for k in indices]))
+
+    def edge(self, split: int | str) -> HookEdge:
+        """Image -> z at split k: the model run until split k's module returns."""
+        return self._cut(self.resolve(split))[0]
+
+    def cloud(self, split: int | str) -> nn.Module:
+        """z at split k -> logits: the model run from split k on."""
+        return self._cut(self.resolve(split))[1]
+
+    def _cut(self, k: int) -> tuple[HookEdge, nn.Module]:
+        if k not in self._halves:
+            example = self._example.to(next(self.model.parameters()).device)
+            if self._calls is None:
+                self._calls = _trace_calls(self.model, example)
+            spans, outputs = self._calls
+            name = self.splits[k - 1].name
+            end = spans[name][0][1]
+            ran_before = {n for n, calls in spans.items() if any(a < end for a, _ in calls)}
+            runs_after = {n for n, calls in spans.items() if any(b > end for _, b in calls)}
+            done = {n for n, calls in spans.items() if all(b <= end for _, b in calls)}  # never runs after the cut
+            stubbed = {n: outputs[n] for n in done if n and n.rpartition(".")[0] not in done}  # outermost ones
+            modules = dict(self.model.named_modules())
+            edge = HookEdge(self.model, _keys_of(self.model, ran_before), modules[name])
+            cloud = HookCloud(self.model, _keys_of(self.model, runs_after), stubbed, self._example.shape[1:])
+            self._halves[k] = edge, _checked_cloud(self.model, edge, cloud, example, name)
+        return self._halves[k]
+
+
+def _trace_calls(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[dict[str, list[tuple[int, int]]], dict[str, Callable[[torch.Tensor], Any]]]:
+    """(start, end) positions of every call of every module in one forward pass of `example`, and the form
+    of each module's first output (`_form`)."""
+    clock, spans, outputs = itertools.count(), {}, {}
+    open_calls: dict[str, list[int]] = {}
+
+    def start(name: str) -> None:
+        open_calls.setdefault(name, []).append(next(clock))
+
+    def end(name: str, out: Any) -> None:
+        spans.setdefault(name, []).append((open_calls[name].pop(), next(clock)))
+        outputs.setdefault(name, _form(out))
+
+    handles = []
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda mod, i, n=name: start(n)))
+        handles.append(m.register_forward_hook(lambda mod, i, o, n=name: end(n, o)))
+    try:
+        with torch.no_grad(), evaluating(model):
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return spans, outputs
+
+
+def _keys_of(model: nn.Module, module_names: set[str]) -> list[str]:
+    """The state-dict keys of the tensors held directly by the named modules."""
+    return [k for k in model.state_dict() if k.rpartition(".")[0] in module_names]
+
+
+def _form(out: Any) -> Callable[[torch.Tensor], Any]:
+    """What dresses z as a module's output `out`: the tensor, a tuple with z first, or a ModelOutput with z first."""
+    if isinstance(out, Mapping) and out:
+        kind, key = type(out), next(iter(out))
+        return lambda z: kind(**{key: z})
+    if isinstance(out, (tuple, list)):
+        rest = (None,) * (len(out) - 1)
+        return lambda z: (z, *rest)
+    return lambda z: z
+
+
+class _Reached(BaseException):
+    """Ends the edge's forward pass at the cut (a BaseException, so no `except Exception` in a model catches it)."""
+
+    def __init__(self, z: torch.Tensor):
+        super().__init__()
+        self.z = z
+
+
+class _Half(nn.Module):
+    """A half of a hook-split model: it runs the whole model object but holds only `keys` of its state dict."""
+
+    def __init__(self, model: nn.Module, keys: list[str]):
+        super().__init__()
+        self.model = model
+        self._keys = keys
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        full = self.model.state_dict(keep_vars=keep_vars)
+        return OrderedDict((prefix + k, full[k]) for k in self._keys)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        wanted = set(self._keys)
+        missing = [k for k in self._keys if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in wanted]
+        self.model.load_state_dict({k: v for k, v in state_dict.items() if k in wanted}, strict=False, assign=assign)
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"the {type(self).__name__} misses {missing[:5]} and does not hold {unexpected[:5]}")
+        return _IncompatibleKeys(missing, unexpected)
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return iter([named[k] for k in self._keys if k in named])
+
+
+class HookEdge(_Half):
+    """Image -> z: the model run until the cut module returns (nothing after it runs)."""
+
+    def __init__(self, model: nn.Module, keys: list[str], cut: nn.Module):
+        super().__init__(model, keys)
+        self._cut = [cut]  # not a submodule of its own: the model holds it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def stop(module: nn.Module, inputs: Any, out: Any) -> None:
+            raise _Reached(first_tensor(out))
+
+        handle = self._cut[0].register_forward_hook(stop)
+        try:
+            self.model(x)
+        except _Reached as reached:
+            return reached.z
+        finally:
+            handle.remove()
+        raise SplitError(f"the cut module of {type(self.model).__name__} did not run")
+
+
+class HookCloud(_Half):
+    """z -> logits: the model run on a blank image of `input_shape` with every module that ran before the cut
+    stubbed out (returning z dressed as its output, `_form`) and the cut module returning z."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        keys: list[str],
+        stubbed: dict[str, Callable[[torch.Tensor], Any]],
+        input_shape: Sequence[int],
+    ):
+        super().__init__(model, keys)
+        self._stubbed, self._input_shape = stubbed, tuple(input_shape)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        modules = dict(self.model.named_modules())
+        saved = {n: modules[n].__dict__.get("forward") for n in self._stubbed}
+        for n, dress in self._stubbed.items():
+            modules[n].forward = lambda *a, _dress=dress, **k: _dress(z)
+        blank = torch.zeros((1, *self._input_shape), dtype=z.dtype, device=z.device).expand(len(z), *self._input_shape)
+        try:
+            return logits_of(self.model(blank))
+        finally:
+            for n, forward in saved.items():
+                if forward is None:
+                    del modules[n].forward
+                else:
+                    modules[n].forward = forward
+
+
+class HookTap(nn.Module):
+    """(logits, z at some splits) from one forward pass of the model, with the graph, for a loss on z."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module]):
+        super().__init__()
+        self.model = model
+        self._tapped = list(modules.items())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with _capture(dict(self._tapped)) as found:
+            logits = logits_of(self.model(x))
+        return (logits, *[found[n] for n, _ in self._tapped])
+
+
+class _Logits(_Half):
+    """The cloud of a cut whose z is the logits already: nothing left to run."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model, [])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+def _checked_cloud(model: nn.Module, edge: HookEdge, cloud: HookCloud, example: torch.Tensor, name: str) -> _Half:
+    """`cloud`, once cloud(edge(x)) matched the model's logits on random images (else more than z crosses the
+    cut); `_Logits` when z is the logits."""
+
+    def close(got: Any, want: torch.Tensor) -> bool:
+        scale = max(1.0, float(want.abs().max()))
+        return torch.is_tensor(got) and got.shape == want.shape and float((got - want).abs().max()) <= 1e-4 * scale
+
+    x = torch.rand((2, *example.shape[1:]), generator=torch.Generator().manual_seed(0)).to(example.device)
+    with torch.no_grad(), evaluating(model):
+        want, z = logits_of(model(x)), edge(x)
+        if close(z, want):
+            return _Logits(model)
+        try:
+            got = cloud(z)
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            got = exc
+    if not close(got, want):
+        raise SplitError(
+            f"cannot cut {type(model).__name__} into halves after '{name}': more than its output crosses that cut "
+            "(a skip connection, or a value computed from the image before it); cut at the end of a block"
+        )
+    return cloud
 
 
 class TrainingTap:

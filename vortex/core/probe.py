@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
 
 import datasets
 import torch
@@ -14,13 +13,15 @@ from vortex import __version__
 from vortex.core.bounds import entropy_bounds
 from vortex.core.gpz import locate_gpz
 from vortex.core.splits import SplitModel, evaluating
-from vortex.core.stats import ClassStats
+from vortex.core.stats import ClassStats, choose_sketch_dim
 from vortex.data import make_loader, take
 from vortex.data import num_classes as data_num_classes
 from vortex.distributed import process_state
 from vortex.errors import ProfileError
+from vortex.records import Profile, SplitStats
 
 GPZ_QUANTITIES = ("rho", "rc2")
+CAPTURE_BYTES = 2**30  # a batch runs in chunks whose captured splits take at most about this much memory
 
 
 def collect_stats(
@@ -34,7 +35,7 @@ def collect_stats(
     batch_size: int = 256,
     max_samples: int | None = None,
     progress: bool = True,
-    sketch_dim: int | None = None,
+    sketch_dim: int | str | None = None,
 ) -> tuple[list[ClassStats], float]:
     """Stream `ds` once through the model; return per-split class statistics and accuracy.
 
@@ -66,12 +67,13 @@ def stream_stats(
     num_classes: int,
     labels: str = "true",
     progress: bool = True,
-    sketch_dim: int | None = None,
+    sketch_dim: int | str | None = None,
 ) -> tuple[list[ClassStats], float]:
     """Stream this process's (x, y) batches through the model; reduce the statistics across processes.
 
     Every process must call it (with its own shard of the data): the reduction is collective.
-    Splits wider than `sketch_dim` are count-sketched to that width (see `stats.CountSketch`).
+    Splits wider than the sketch width are count-sketched to it (see `stats.CountSketch`): `sketch_dim`
+    if a number, else chosen so the class means fit in `stats.STATS_BYTES` ("exact": never).
     """
     if labels not in ("true", "predicted"):
         raise ProfileError(f"--labels must be 'true' or 'predicted', not '{labels}'")
@@ -80,9 +82,8 @@ def stream_stats(
     stats: list[ClassStats] | None = None
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.inference_mode(), evaluating(sm.model):
-        for x, y in tqdm(batches, desc="profiling", unit="batch", disable=not (progress and state.is_main_process)):
-            x, y = x.to(device), y.to(device)
-            logits, zs = sm.forward_all(x)
+        shown = tqdm(batches, desc="profiling", unit="batch", disable=not (progress and state.is_main_process))
+        for y, logits, zs in _captures(sm, shown, device):
             if logits.ndim != 2 or logits.shape[1] != num_classes:
                 raise ProfileError(
                     f"the model outputs shape {tuple(logits.shape[1:])} but the data set has {num_classes} "
@@ -95,7 +96,9 @@ def stream_stats(
                 odd = [s.name for s, z in zip(sm.splits, zs) if not isinstance(z, torch.Tensor)]
                 if odd:
                     raise ProfileError(f"split {', '.join(odd)} does not output one tensor")
-                stats = [ClassStats(num_classes, z[0].numel(), device, sketch_dim) for z in zs]
+                dims = [z[0].numel() for z in zs]
+                width = choose_sketch_dim(sketch_dim, num_classes, dims)
+                stats = [ClassStats(num_classes, d, device, width) for d in dims]
             for split, (s, z) in enumerate(zip(stats, zs), start=1):
                 if not s.update(z, target):
                     raise ProfileError(
@@ -113,6 +116,23 @@ def stream_stats(
     return stats, float(correct[0] / correct[1])
 
 
+def _captures(
+    sm: SplitModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]:
+    """(y, logits, z at every split) of each batch, run in chunks whose captured splits take at most
+    CAPTURE_BYTES (measured on one sample first)."""
+    most = None  # samples per chunk
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        if most is None:
+            _, zs = sm.forward_all(x[:1])
+            most = max(1, CAPTURE_BYTES // max(1, sum(z.numel() * z.element_size() for z in zs if torch.is_tensor(z))))
+        size = -(-len(x) // -(-len(x) // most))  # equal chunks
+        for start in range(0, len(x), size):
+            logits, zs = sm.forward_all(x[start : start + size])
+            yield y[start : start + size], logits, zs
+
+
 def build_profile(
     sm: SplitModel,
     stats: list[ClassStats],
@@ -123,8 +143,8 @@ def build_profile(
     accuracy: float,
     example: torch.Tensor,
     gpz_quantity: str = "rho",
-) -> dict[str, Any]:
-    """Turn per-split statistics into the profile.json dictionary (keys in README, "Worked example")."""
+) -> Profile:
+    """Turn per-split statistics into the profile (profile.json, see vortex/records.py)."""
     if gpz_quantity not in GPZ_QUANTITIES:
         raise ProfileError(f"GPZ quantity must be one of {GPZ_QUANTITIES}, not '{gpz_quantity}'")
     splits, small = [], {}
@@ -132,32 +152,32 @@ def build_profile(
         summ = s.summary()
         small.update(summ.small_classes)
         splits.append(
-            {
+            SplitStats(
                 **info,
-                "rc2": summ.rc2,
-                "rc2_per_class": summ.rc2_per_class,
-                "global_var": summ.global_var,
-                "rho": summ.rho,
-                "sketch_dim": s.dim if s.sketch is not None else None,
+                rc2=summ.rc2,
+                rc2_per_class=summ.rc2_per_class,
+                global_var=summ.global_var,
+                rho=summ.rho,
+                sketch_dim=s.dim if s.sketch is not None else None,
                 **entropy_bounds(summ.rc2_per_class, summ.counts, summ.global_var, info["dim"]),
-            }
+            )
         )
     counts = stats[0].summary().counts
-    profile = {
-        "vortex_version": __version__,
-        "model": model_name,
-        "dataset": dataset_name,
-        "num_samples": int(sum(counts)),
-        "num_classes": len(counts),
-        "labels": labels,
-        "accuracy": accuracy,
-        "class_counts": counts,
-        "small_classes": {str(c): n for c, n in small.items()},
-        "splits": splits,
-        "gpz": locate_gpz([s[gpz_quantity] for s in splits], gpz_quantity),
-    }
-    profile["gpz"]["by_quantity"] = {q: locate_gpz([s[q] for s in splits], q)["index"] for q in GPZ_QUANTITIES}
-    return profile
+    gpz = locate_gpz([getattr(s, gpz_quantity) for s in splits], gpz_quantity)
+    gpz.by_quantity = {q: locate_gpz([getattr(s, q) for s in splits], q).index for q in GPZ_QUANTITIES}
+    return Profile(
+        vortex_version=__version__,
+        model=model_name,
+        dataset=dataset_name,
+        num_samples=int(sum(counts)),
+        num_classes=len(counts),
+        labels=labels,
+        accuracy=accuracy,
+        class_counts=counts,
+        small_classes={str(c): n for c, n in small.items()},
+        splits=splits,
+        gpz=gpz,
+    )
 
 
 def profile_model(
@@ -173,12 +193,12 @@ def profile_model(
     max_samples: int | None = None,
     progress: bool = True,
     gpz_quantity: str = "rho",
-    sketch_dim: int | None = None,
-) -> dict[str, Any]:
+    sketch_dim: int | str | None = None,
+) -> Profile:
     """Profile every split of `sm` on `ds` in one pass and locate the GPZ a priori.
 
-    `sketch_dim` bounds the memory of wide splits (classes x sketch_dim floats each): their
-    statistics are estimated on a count sketch of z; None (default) keeps them exact.
+    Splits wider than the sketch width (`sketch_dim`; by default exact unless the class means of all
+    splits would exceed `stats.STATS_BYTES`; "exact": always exact) are estimated on a count sketch of z.
     """
     k = data_num_classes(ds)
     stats, acc = collect_stats(

@@ -81,6 +81,21 @@ def describe_splits(tapped: nn.Module, example: torch.Tensor) -> list[dict]:
     ]
 
 
+def resolve_split(splits: Sequence[SplitPoint], split: int | str) -> int:
+    """The 1-based index of a split of `splits` given by index or by name, with a clear error."""
+    if isinstance(split, str) and not split.isdigit():
+        for s in splits:
+            if split in (s.name, s.node):
+                return s.index
+        raise SplitError(
+            f"split '{split}' does not exist; splits are: " + ", ".join(f"{s.index}={s.name}" for s in splits)
+        )
+    k = int(split)
+    if not 1 <= k <= len(splits):
+        raise SplitError(f"split {k} does not exist: valid splits are 1..{len(splits)}")
+    return k
+
+
 @dataclass(frozen=True)
 class SplitPoint:
     """One candidate split: 1-based index, a readable name and the fx node it cuts after."""
@@ -94,8 +109,9 @@ class SplitPoint:
 class Splittable(Protocol):
     """A model with numbered split points 1..L: what the probe, the attacks and the controller need.
 
-    `SplitModel` (torch.fx, can also cut the model into edge and cloud halves) and
-    `vortex.core.hooks.HookSplitModel` (forward hooks, for models fx cannot trace) satisfy it.
+    `SplitModel` (torch.fx) and `vortex.core.hooks.HookSplitModel` (forward hooks, for models fx
+    cannot trace) satisfy it; both also cut the model into edge and cloud halves (`edge(k)`,
+    `cloud(k)`) and tap it for training (`tap`).
     """
 
     model: nn.Module
@@ -273,17 +289,7 @@ class SplitModel(nn.Module):
 
     def resolve(self, split: int | str) -> int:
         """The 1-based index of a split given by index or by name, with a clear error."""
-        if isinstance(split, str) and not split.isdigit():
-            for s in self.splits:
-                if split in (s.name, s.node):
-                    return s.index
-            raise SplitError(
-                f"split '{split}' does not exist; splits are: " + ", ".join(f"{s.index}={s.name}" for s in self.splits)
-            )
-        k = int(split)
-        if not 1 <= k <= self.num_splits:
-            raise SplitError(f"split {k} does not exist: valid splits are 1..{self.num_splits}")
-        return k
+        return resolve_split(self.splits, split)
 
     def edge(self, split: int | str) -> fx.GraphModule:
         """Stages 1..k: maps the input image to z."""

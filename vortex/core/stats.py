@@ -4,7 +4,8 @@ Per class c it keeps the count n_c, the mean m_c and M2_c = sum_i ||z_i - m_c||^
 Batches and processes are merged with Chan et al.'s pairwise formula, so a large common
 offset in z never cancels the variance away (no sum of squares minus square of sums).
 Layers wider than a chosen sketch width are first compressed with a count sketch, which
-keeps squared distances (hence R_c^2, the global variance and rho) in expectation.
+keeps squared distances (hence R_c^2, the global variance and rho) in expectation; by default
+(`choose_sketch_dim`) only when the exact class means of all splits would exceed STATS_BYTES.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from vortex.errors import ProfileError
+
+STATS_BYTES = 2**30  # default bound on the float64 class means of all splits (classes x dims x 8 bytes)
+EXACT = "exact"  # the --sketch-dim value that keeps every split exact whatever its size
+BLOCK_BYTES = 2**22  # on CPU the second pass over a batch goes in blocks of rows of this size (cache-sized)
 
 
 def combine(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -27,23 +31,54 @@ def combine(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor) -> tup
 
 
 class CountSketch:
-    """Linear map R^dim -> R^width: coordinate i goes to a random bucket with a random sign.
+    """Linear map R^dim -> R^width: coordinate i goes to bucket `bucket[i]` with a random sign.
 
-    E||S x||^2 = ||x||^2 for every x, so R_c^2 and the global variance of S z are unbiased
-    estimates of those of z, with relative error about sqrt(2 / width) per squared distance.
-    The buckets depend only on (dim, width, seed): every process draws the same map.
+    Blocks of `width` consecutive coordinates are added into the buckets with a random rotation
+    each (`bucket[i] = (i % width + shift of its block) % width`), so the map runs as contiguous
+    multiply-adds. E||S x||^2 = ||x||^2 for every x (random signs), so R_c^2 and the global variance
+    of S z are unbiased estimates of those of z, with relative error about sqrt(2 / width) per
+    squared distance. The map depends only on (dim, width, seed): every process draws the same.
     """
 
     def __init__(self, dim: int, width: int, seed: int = 0, device: torch.device | str = "cpu"):
         g = torch.Generator().manual_seed(seed * 1_000_003 + dim)
-        self.width = width
-        self.bucket = torch.randint(width, (dim,), generator=g).to(device)
-        self.sign = (torch.randint(2, (dim,), generator=g) * 2 - 1).to(device)
+        self.dim, self.width = dim, width
+        self.shift = torch.randint(width, (-(-dim // width),), generator=g).tolist()
+        self.sign = (torch.randint(2, (dim,), generator=g) * 2 - 1).float().to(device)
+
+    @property
+    def bucket(self) -> torch.Tensor:
+        """The bucket of every coordinate, [dim]."""
+        i = torch.arange(self.dim)
+        return (i % self.width + torch.tensor(self.shift)[i // self.width]) % self.width
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """Sketch a batch [B, dim] -> [B, width] (same dtype)."""
-        out = z.new_zeros(z.shape[0], self.width)
-        return out.index_add_(1, self.bucket, z * self.sign.to(z.dtype))
+        out, sign, w = z.new_zeros(z.shape[0], self.width), self.sign.to(z.dtype), self.width
+        for start, shift in zip(range(0, self.dim, w), self.shift):
+            block, signs = z[:, start : start + w], sign[start : start + w]
+            head = min(w - shift, block.shape[1])  # coordinates before the rotation wraps around
+            out[:, shift : shift + head].addcmul_(block[:, :head], signs[:head])
+            out[:, : block.shape[1] - head].addcmul_(block[:, head:], signs[head:])
+        return out
+
+
+def choose_sketch_dim(sketch_dim: int | str | None, num_classes: int, dims: list[int]) -> int | None:
+    """The sketch width of a profile (splits wider than it are sketched), or None for exact statistics.
+
+    `sketch_dim` None chooses: exact while num_classes x sum(dims) float64 means fit in STATS_BYTES,
+    else the widest power of two that makes them fit; EXACT ("exact") forces exact; a number is used as is.
+    """
+    if sketch_dim == EXACT:
+        return None
+    if isinstance(sketch_dim, str):
+        raise ProfileError(f"--sketch-dim must be a width of at least 1 or '{EXACT}', got '{sketch_dim}'")
+    if sketch_dim is not None or num_classes * sum(dims) * 8 <= STATS_BYTES:
+        return sketch_dim
+    width = 1 << (max(dims).bit_length() - 1)
+    while width > 1 and num_classes * sum(min(d, width) for d in dims) * 8 > STATS_BYTES:
+        width //= 2
+    return width
 
 
 @dataclass
@@ -74,32 +109,44 @@ class ClassStats:
         self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.mean = torch.zeros(num_classes, self.dim, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        self.ref: torch.Tensor | None = None
 
     def update(self, z: torch.Tensor, y: torch.Tensor) -> bool:
         """Add a batch: z [B, ...] (flattened to [B, dim]) with integer labels y [B].
 
-        The batch is centred on a fixed reference (the first sample seen), so its two-pass
-        statistics run in float32 without losing a large common offset; the per-class results
-        are merged in float64. Returns False if z held NaN or Inf.
+        Corrected two-pass, only for the classes the batch holds: rough class means in the input's
+        precision, then the deviations from them (small numbers, float32) give the exact mean shift
+        and M2, so a large common offset never cancels. The results are merged in float64.
+        Returns False if z held NaN or Inf.
         """
         z = z.reshape(z.shape[0], -1)
         if self.sketch is not None:
             z = self.sketch(z)
-        if self.ref is None:
-            self.ref = z[0].double()
-        z = (z - self.ref.to(z.dtype)).float()  # centre in the input's own precision, then float32
-        onehot = F.one_hot(y.to(z.device), self.num_classes).to(z.dtype)  # class sums as one matmul
-        count = onehot.sum(0)
-        mean = onehot.T @ z / count.clamp(min=1).unsqueeze(-1)
-        m2 = onehot.T @ (z - mean[y]).pow(2).sum(-1)  # two-pass inside the batch
-        self._merge(count.double(), mean.double() + self.ref, m2.double())
+        classes, inverse = torch.unique(y.to(z.device), return_inverse=True)
+        count = torch.bincount(inverse, minlength=len(classes))
+        rough = z.new_zeros(len(classes), z.shape[1]).index_add_(0, inverse, z).div_(count.unsqueeze(1))
+        shift = torch.zeros(rough.shape, device=z.device)  # sum of the deviations from `rough` per class
+        sq = torch.empty(len(z), device=z.device)  # squared deviation of every sample
+        step = max(1, BLOCK_BYTES // (4 * z.shape[1])) if z.device.type == "cpu" else len(z)
+        for start in range(0, len(z), step):
+            rows = inverse[start : start + step]
+            dev = rough.index_select(0, rows)
+            dev = torch.sub(z[start : start + step], dev, out=dev).float()
+            shift.index_add_(0, rows, dev)
+            torch.sum(dev.square_(), 1, out=sq[start : start + step])
+        shift = shift.double() / count.unsqueeze(1)
+        sq = sq.double()
+        m2 = sq.new_zeros(len(classes)).index_add_(0, inverse, sq) - count * shift.square().sum(1)
+        self._merge(classes, count.double(), rough.double() + shift, m2)
         return bool(torch.isfinite(m2).all())
 
-    def _merge(self, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        self.count, self.mean, self.m2 = combine(
-            torch.stack([self.count, count]), torch.stack([self.mean, mean]), torch.stack([self.m2, m2])
-        )
+    def _merge(self, classes: torch.Tensor, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Chan's update of the rows `classes` with a batch's count, mean and M2 of those classes."""
+        before = self.count[classes]
+        total = before + count
+        delta = mean - self.mean[classes]
+        self.mean[classes] += delta * (count / total).unsqueeze(1)
+        self.m2[classes] += m2 + delta.square().sum(1) * before * count / total
+        self.count[classes] = total
 
     def sync(self) -> None:
         """Reduce across processes (torch.distributed via accelerate); a no-op with one process."""

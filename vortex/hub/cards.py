@@ -14,7 +14,10 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from vortex.files import write_text
-from vortex.hub.layout import CARD, CONFIG, read_meta
+from vortex.hub.layout import CARD, model_description, read_meta
+from vortex.models import TRANSFORMERS
+from vortex.records import AttackReport, ControllerSummary, Gpz, Profile
+from vortex.report.tables import shape_text
 
 TEMPLATE = resources.files("vortex") / "hub_cards" / "model_card.md.jinja"  # the repository's hub_cards/
 PLOTS = ("profile.png", "vortex.png", "attack.png", "attack/attack.png")
@@ -35,46 +38,48 @@ def _smoothing(alpha: Any) -> str:
     return f"label smoothing alpha = {alpha} ({kind})"
 
 
-def _attack_summary(directory: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+def _attack_summary(directory: Path, meta: dict[str, Any]) -> AttackReport | None:
     if meta.get("attack"):
-        return meta["attack"]
+        return AttackReport.from_dict(meta["attack"])
     found = [directory / f for f in ATTACK_FILES if (directory / f).is_file()]
-    return json.loads(found[0].read_text()) if found else None
+    return AttackReport.from_dict(json.loads(found[0].read_text())) if found else None
 
 
 def _rows(
-    profile: dict[str, Any], attack: dict[str, Any] | None, halves: dict[str, Any] | None, split_names: list[str]
+    profile: Profile | None, attack: AttackReport | None, halves: dict[str, Any] | None, split_names: list[str]
 ) -> list[dict[str, str]]:
     """One table row per split, every cell already formatted."""
-    gpz = profile.get("gpz", {})
-    by_index = {s["index"]: s for s in (attack or {}).get("splits", [])}
-    splits = profile.get("splits") or [{"index": i, "name": n} for i, n in enumerate(split_names, start=1)]
+    attacked = {s.index: s for s in attack.splits} if attack else {}
+    profiled = {s.index: s for s in profile.splits} if profile else {}
+    names = [s.name for s in profile.splits] if profile else split_names
     rows = []
-    for s in splits:
-        a, k = by_index.get(s["index"], {}), s["index"]
-        marks = ["predicted GPZ"] if k == gpz.get("index") else ["predicted zone"] if k in gpz.get("zone", []) else []
+    for k, name in enumerate(names, start=1):
+        a, s = attacked.get(k), profiled.get(k)
+        marks = []
+        if profile:
+            marks = ["predicted GPZ"] if k == profile.gpz.index else ["predicted zone"] if k in profile.gpz.zone else []
         marks += ["halves"] if halves and k == halves["index"] else []
         rows.append(
             {
                 "index": str(k),
-                "name": s["name"],
-                "shape": "x".join(map(str, s.get("shape", []))),
-                "bytes": str(s.get("bytes", "")),
-                "edge_params": str(s.get("edge_params", "")),
-                "rho": _num(s.get("rho"), 3),
-                "rc2": _num(s.get("rc2")),
-                "mse": _num(a.get("mse")),
-                "psnr": _num(a.get("psnr")),
-                "ssim": _num(a.get("ssim"), 3),
+                "name": name,
+                "shape": shape_text(s.shape) if s else "",
+                "bytes": str(s.bytes) if s else "",
+                "edge_params": str(s.edge_params) if s else "",
+                "rho": _num(s and s.rho, 3),
+                "rc2": _num(s and s.rc2),
+                "mse": _num(a and a.mse),
+                "psnr": _num(a and a.psnr),
+                "ssim": _num(a and a.ssim, 3),
                 "marks": ", ".join(marks),
             }
         )
     return rows
 
 
-def eval_results(profile: dict[str, Any], attack: dict[str, Any] | None, accuracy: float | None) -> list[EvalResult]:
+def eval_results(profile: Profile | None, attack: AttackReport | None, accuracy: float | None) -> list[EvalResult]:
     """model-index results: attack metrics per split (or rho per split without an attack), accuracy."""
-    dataset = profile.get("dataset") or (attack or {}).get("dataset") or "unknown"
+    dataset = (profile and profile.dataset) or (attack and attack.dataset) or "unknown"
     results = []
     if accuracy is not None:
         results.append(
@@ -90,24 +95,23 @@ def eval_results(profile: dict[str, Any], attack: dict[str, Any] | None, accurac
             )
         )
     if attack:
-        for s in attack["splits"]:
+        for s in attack.splits:
             for metric in ("mse", "psnr", "ssim"):
-                if s.get(metric) is not None:
-                    results.append(
-                        EvalResult(
-                            task_type="model-inversion",
-                            task_name=f"Model inversion ({attack.get('attack', 'attack')})",
-                            dataset_type=dataset,
-                            dataset_name=dataset,
-                            dataset_split="test",
-                            metric_type=metric,
-                            metric_value=round(float(s[metric]), 6),
-                            metric_config=f"split_{s['index']}",
-                            metric_name=f"Inversion {metric.upper()} at split {s['index']} ({s['name']})",
-                        )
+                results.append(
+                    EvalResult(
+                        task_type="model-inversion",
+                        task_name=f"Model inversion ({attack.attack})",
+                        dataset_type=dataset,
+                        dataset_name=dataset,
+                        dataset_split="test",
+                        metric_type=metric,
+                        metric_value=round(float(getattr(s, metric)), 6),
+                        metric_config=f"split_{s.index}",
+                        metric_name=f"Inversion {metric.upper()} at split {s.index} ({s.name})",
                     )
-    else:
-        for s in profile.get("splits", []):
+                )
+    elif profile:
+        for s in profile.splits:
             results.append(
                 EvalResult(
                     task_type="image-classification",
@@ -116,9 +120,9 @@ def eval_results(profile: dict[str, Any], attack: dict[str, Any] | None, accurac
                     dataset_name=dataset,
                     dataset_split="test",
                     metric_type="rho",
-                    metric_value=round(float(s["rho"]), 6),
-                    metric_config=f"split_{s['index']}",
-                    metric_name=f"rho (within-class share of variance) at split {s['index']} ({s['name']})",
+                    metric_value=round(float(s.rho), 6),
+                    metric_config=f"split_{s.index}",
+                    metric_name=f"rho (within-class share of variance) at split {s.index} ({s.name})",
                 )
             )
     return results
@@ -127,15 +131,19 @@ def eval_results(profile: dict[str, Any], attack: dict[str, Any] | None, accurac
 def card_context(directory: str | Path, repo_id: str | None = None) -> dict[str, Any]:
     """Everything the template shows, read from the checkpoint directory."""
     directory = Path(directory)
-    config = json.loads((directory / CONFIG).read_text())
+    config = model_description(directory)
+    if config.get("architecture") == TRANSFORMERS:  # its options are a whole transformers config: name its class
+        classes = config["options"]["config"].get("architectures") or [TRANSFORMERS]
+        config = {**config, "architecture": f"transformers {classes[0]}", "options": {}}
     meta = read_meta(directory)
-    profile, attack, halves = meta.get("profile", {}), _attack_summary(directory, meta), meta.get("halves")
+    profile = Profile.from_dict(meta["profile"]) if meta.get("profile") else None
+    attack, halves = _attack_summary(directory, meta), meta.get("halves")
     recipe = meta.get("recipe", {})
-    dataset = profile.get("dataset") or recipe.get("dataset") or "unknown data"
-    controller = meta.get("controller") if isinstance(meta.get("controller"), dict) else {}
-    levers = controller.get("levers") or {}
-    accuracy = meta.get("test_accuracy", profile.get("accuracy"))
+    dataset = (profile and profile.dataset) or recipe.get("dataset") or "unknown data"
+    controller = ControllerSummary.from_dict(meta["controller"]) if isinstance(meta.get("controller"), dict) else None
+    accuracy = meta.get("test_accuracy", profile and profile.accuracy)
     privacy = meta.get("privacy") if "splits" in (meta.get("privacy") or {}) else None  # None: no verdict attack ran
+    gpz = profile.gpz if profile else Gpz.from_dict(meta["gpz"]) if meta.get("gpz") else None
     return {
         "repo_id": repo_id or "ORG/NAME",
         "title": repo_id or f"{config['architecture']} on {dataset}",
@@ -144,7 +152,7 @@ def card_context(directory: str | Path, repo_id: str | None = None) -> dict[str,
         "accuracy": _num(accuracy),
         "test_accuracy": accuracy,
         "profile": profile,
-        "gpz": profile.get("gpz") or meta.get("gpz"),
+        "gpz": gpz,
         "attack": attack,
         "halves": halves,
         "recipe": recipe,
@@ -156,16 +164,18 @@ def card_context(directory: str | Path, repo_id: str | None = None) -> dict[str,
         "privacy_mse": _num(next((s["mse"] for s in privacy["splits"] if s["index"] == privacy["target"]), None))
         if privacy
         else "",
-        "controller_rounds": len(controller.get("history", [])),
-        "levers": ", ".join(f"{k} = {v}" for k, v in levers.items() if not isinstance(v, (dict, list))),
+        "controller_rounds": len(controller.history) if controller else 0,
+        "levers": ", ".join(f"{k} = {v}" for k, v in controller.levers.items()) if controller else "",
         "rows": _rows(profile, attack, halves, config.get("split_points", [])),
         "plots": [p for p in PLOTS if (directory / p).is_file()],
         "vortex_version": config.get("vortex_version"),
+        "base_model": meta.get("base_model"),
     }
 
 
-def render_card(directory: str | Path, repo_id: str | None = None) -> ModelCard:
-    """The model card of the checkpoint in `directory` (`repo_id` fills the loading snippets)."""
+def render_card(directory: str | Path, repo_id: str | None = None, license: str | None = None) -> ModelCard:
+    """The model card of the checkpoint in `directory` (`repo_id` fills the loading snippets; `license`:
+    by default the recipe's, else "other")."""
     ctx = card_context(directory, repo_id)
     results = eval_results(ctx["profile"], ctx["attack"], ctx["test_accuracy"])
     dataset = ctx["dataset"]
@@ -173,9 +183,10 @@ def render_card(directory: str | Path, repo_id: str | None = None) -> ModelCard:
     data = ModelCardData(
         model_name=(repo_id or ctx["title"]).split("/")[-1],
         library_name="vortex",
-        license=ctx["recipe"].get("license") or "other",
+        license=license or ctx["recipe"].get("license") or "other",
         datasets=[dataset] if hub_dataset else None,
         pipeline_tag="image-classification",
+        base_model=ctx["base_model"],
         tags=["vortex", "split-inference", "collaborative-inference", "model-inversion", "golden-partition-zone"],
         eval_results=results or None,
     )

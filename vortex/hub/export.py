@@ -1,12 +1,15 @@
-"""Export a checkpoint's edge half, cloud half or whole model to ONNX, checked against PyTorch.
+"""Export a checkpoint's edge half, cloud half or whole model to ONNX or ExecuTorch, checked against PyTorch.
 
     vortex export runs/demo --part edge --format onnx      # -> runs/demo/edge/model.onnx
+    vortex export runs/demo --part edge --format pte       # -> runs/demo/edge/model.pte (ExecuTorch, XNNPACK)
 
 The file has a dynamic batch axis and records the split in its metadata (vortex_version, part,
 split, split_name, input_shape, z_shape, z_bytes), so a device needs only onnxruntime. Before the
 file is written, onnxruntime runs it on real images of the checkpoint's data set (or, for the
 cloud half, on their z) and the outputs are compared with PyTorch's; an export that differs by
-more than the tolerance is refused.
+more than the tolerance is refused. An ExecuTorch program (`.pte`, CPU work delegated to XNNPACK)
+is checked the same way by ExecuTorch's own runtime; it takes one image (or one z) per call, as a
+device runs it, and the split it holds is recorded by the half's config.json beside it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from vortex import __version__
 from vortex.errors import VortexError
 from vortex.files import write_atomic
 from vortex.hub.checkpoint import load_checkpoint, load_half
-from vortex.hub.layout import ONNX_FILE, read_config, read_half_config, read_meta
+from vortex.hub.layout import ONNX_FILE, PTE_FILE, read_config, read_half_config, read_meta
+from vortex.models import TRANSFORMERS
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx",)
+FORMATS = {"onnx": ONNX_FILE, "pte": PTE_FILE}
 
 TOLERANCE = 1e-4  # max abs difference, relative to the largest output magnitude (at least 1)
 
@@ -81,7 +85,8 @@ def export(
     tolerance: float = TOLERANCE,
     trust_code: Sequence[str] = (),
 ) -> Exported:
-    """Export `part` ('edge', 'cloud' or 'full') of the checkpoint in `directory` to ONNX, verified."""
+    """Export `part` ('edge', 'cloud' or 'full') of the checkpoint in `directory` to ONNX or ExecuTorch
+    (`fmt` 'onnx' or 'pte'), verified against PyTorch before the file is written."""
     if fmt not in FORMATS:
         raise VortexError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     if part not in ("edge", "cloud", "full"):
@@ -93,7 +98,18 @@ def export(
         raise VortexError(
             "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'vortex-split[export]'"
         ) from None
+    if fmt == "pte":
+        try:
+            import executorch  # noqa: F401
+        except ImportError:
+            raise VortexError("ExecuTorch export needs executorch: pip install 'vortex-split[export]'") from None
     directory = Path(directory)
+    described = read_config(directory) if part == "full" else read_half_config(directory, part)
+    if described["architecture"] == TRANSFORMERS:
+        raise VortexError(
+            f"'{directory}' holds a transformers model: its halves are cut with forward hooks, which vortex cannot "
+            "export; use the safetensors halves (vortex pull / vortex.from_pretrained)"
+        )
     module = _load(directory, part, trust_code)
     if part == "full":
         config = read_config(directory)
@@ -114,11 +130,28 @@ def export(
         if part == "cloud"
         else (["pixel_values"], ["logits"])
     )
-    path = Path(out) if out else (directory / (part if part != "full" else "") / ONNX_FILE)
+    path = Path(out) if out else (directory / (part if part != "full" else "") / FORMATS[fmt])
 
     measured: list[float] = []
 
     def write(tmp: str) -> None:
+        got = _run_pte(module, inputs, tmp) if fmt == "pte" else _run_onnx(tmp)
+        if got.shape != reference.shape:
+            raise VortexError(
+                f"the {fmt.upper()} {part} gives outputs of shape {tuple(got.shape)}, PyTorch "
+                f"{tuple(reference.shape)}; not written. Try another --opset"
+            )
+        diff = float((got - reference).abs().max())
+        scale = max(1.0, float(reference.abs().max()))
+        if not math.isfinite(diff) or diff > tolerance * scale:
+            raise VortexError(
+                f"the {fmt.upper()} {part} differs from PyTorch on {source} (max abs diff {diff:.3g}, allowed "
+                f"{tolerance * scale:.3g}); not written. Try another --opset"
+            )
+        measured.append(diff)
+
+    def _run_onnx(tmp: str) -> torch.Tensor:
+        """Write the ONNX file with vortex's metadata; onnxruntime's outputs on the check inputs."""
         batch = torch.export.Dim("batch", min=1)
         torch.onnx.export(
             module,
@@ -151,23 +184,25 @@ def export(
         onnx.helper.set_model_props(model, props)
         onnx.save(model, tmp)
         session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {names[0][0]: inputs.numpy()})[0])
-        if got.shape != reference.shape:
-            raise VortexError(
-                f"the ONNX {part} gives outputs of shape {tuple(got.shape)}, PyTorch "
-                f"{tuple(reference.shape)}; not written. Try another --opset"
-            )
-        diff = float((got - reference).abs().max())
-        scale = max(1.0, float(reference.abs().max()))
-        if not math.isfinite(diff) or diff > tolerance * scale:
-            raise VortexError(
-                f"the ONNX {part} differs from PyTorch on {source} (max abs diff {diff:.3g}, allowed "
-                f"{tolerance * scale:.3g}); not written. Try another --opset"
-            )
-        measured.append(diff)
+        return torch.from_numpy(session.run(None, {names[0][0]: inputs.numpy()})[0])
 
     write_atomic(path, write)
     return Exported(path, part, measured[0], source, len(inputs))
+
+
+def _run_pte(module: torch.nn.Module, inputs: torch.Tensor, tmp: str) -> torch.Tensor:
+    """Write the ExecuTorch program for one input per call (XNNPACK for what it supports); ExecuTorch's
+    outputs on `inputs`, one call each. (A dynamic batch axis loads, but ExecuTorch 1.5's runtime
+    refuses batches above a size it plans itself, so the program has static shapes.)"""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    program = torch.export.export(module, (inputs[:1],))
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    Path(tmp).write_bytes(lowered.buffer)
+    method = Runtime.get().load_program(Path(tmp)).load_method("forward")
+    return torch.cat([method.execute([x.unsqueeze(0).contiguous()])[0] for x in inputs])
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:

@@ -25,22 +25,33 @@ from typing import Any, TypeVar
 from torch import nn
 
 from vortex.errors import HubError, VortexError
-from vortex.hub.checkpoint import load_checkpoint, load_half, write_halves
+from vortex.hub.checkpoint import (
+    file_sha256,
+    load_checkpoint,
+    load_half,
+    spec_of,
+    split_info,
+    verify_checkpoint,
+    write_halves,
+)
+from vortex.hub.hf_classifier import SHARDS_INDEX, is_transformers_model, to_checkpoint
 from vortex.hub.layout import (
     CARD,
     CONFIG,
     META,
+    META_CONFIG,
     ONNX_FILE,
     PARTS,
     WEIGHTS,
     gpz_index,
     is_checkpoint,
+    model_description,
     read_config,
     read_half_config,
     read_json_object,
     read_meta,
 )
-from vortex.models import BUILTIN_MODELS, split_model
+from vortex.models import BUILTIN_MODELS, TRANSFORMERS, ModelSpec, split_model
 from vortex.report.tables import human_size, shape_text
 
 log = logging.getLogger(__name__)
@@ -128,7 +139,7 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     except LocalEntryNotFoundError:
         raise HubError(
             f"'{repo_id}' (revision {revision or 'main'}) is not in the local Hub cache and the Hub "
-            f"cannot be used (HF_HUB_OFFLINE=1 or {_endpoint()} unreachable): load it once online to "
+            f"cannot be used (local_files_only, HF_HUB_OFFLINE=1 or {_endpoint()} unreachable): load it once online to "
             "cache it, or load a directory written by `vortex pull`"
         ) from None
     except HfHubHTTPError as exc:
@@ -159,32 +170,50 @@ def download(
     cache_dir: str | Path | None = None,
     local_dir: str | Path | None = None,
     trust_code: Sequence[str] = (),
+    token: str | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    with_meta: bool = False,
 ) -> Path:
     """Download what `part` needs from a Hub repo ('edge', 'cloud', 'weights' or 'full') and return its folder.
 
-    'edge' fetches config.json and edge/ only, so a device never receives cloud weights.
-    The repo is refused if it holds pickle files, is not a vortex checkpoint, or names a custom
-    (non built-in) architecture the caller did not trust by name: that would mean importing code
-    a download names.
+    'edge' fetches config.json and edge/ only, so a device never receives cloud weights
+    (and vortex.json when `with_meta`, or when config.json is a transformers config and the model
+    description is there). The repo is refused if it holds pickle files, is not a vortex checkpoint,
+    or names a custom (non built-in) architecture the caller did not trust by name: that would mean
+    importing code a download names. `token`, `local_files_only` and `force_download` are
+    huggingface_hub's.
     """
     from huggingface_hub import HfApi, constants, snapshot_download
 
     if part not in PATTERNS:
         raise HubError(f"unknown part '{part}': use one of {', '.join(PATTERNS)}")
-    with _hub_errors(repo_id, revision):
-        if not constants.is_offline_mode():
-            info = HfApi().model_info(repo_id, revision=revision or "main")
-            _refuse_unsafe(repo_id, [s.rfilename for s in info.siblings or []])
-        path = Path(
+    patterns = PATTERNS[part]
+    if patterns is not None and with_meta and META not in patterns:
+        patterns = [*patterns, META]
+
+    def fetch(allow: list[str] | None) -> Path:
+        return Path(
             snapshot_download(
                 repo_id,
                 revision=revision,
-                allow_patterns=PATTERNS[part],
+                allow_patterns=allow,
                 ignore_patterns=[f"*{s}" for s in PICKLE_SUFFIXES],
                 cache_dir=cache_dir,
                 local_dir=local_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
             )
         )
+
+    with _hub_errors(repo_id, revision):
+        if not (constants.is_offline_mode() or local_files_only):
+            info = HfApi(token=token).model_info(repo_id, revision=revision or "main")
+            _refuse_unsafe(repo_id, [s.rfilename for s in info.siblings or []])
+        path = fetch(patterns)
+        if patterns is not None and META not in patterns and not model_description(path):
+            path = fetch([*patterns, META])  # a transformers config.json: the model description is in vortex.json
     _check_vortex(path, repo_id, part, remote=True, trust_code=trust_code)
     return path
 
@@ -199,15 +228,17 @@ def _check_vortex(path: Path, source: str, part: str, remote: bool = False, trus
     top-level one or a half's) naming an architecture that is neither built in nor trusted by
     name (building it would import code a file names)."""
     where = f"Hub repo '{source}'" if remote else f"'{source}'"
-    cfg = _read_json(path / CONFIG)
-    if cfg.get("model_type") != "vortex":
+    description = model_description(path)
+    if not description:
         raise HubError(
-            f"{where} is not a vortex checkpoint (no {CONFIG} with model_type 'vortex'); "
-            "write one with `vortex train --output_dir DIR` and publish it with `vortex publish`"
+            f"{where} is not a vortex checkpoint (no {CONFIG} with model_type 'vortex', nor a {META} describing "
+            "the model); write one with `vortex train --output_dir DIR` and publish it with `vortex publish`"
         )
-    for config in (CONFIG, *(f"{p}/{CONFIG}" for p in PARTS)):
-        arch = _read_json(path / config).get("architecture", BUILTIN_MODELS[0])
-        if arch not in BUILTIN_MODELS and arch not in trust_code:
+    top = CONFIG if _read_json(path / CONFIG).get("model_type") == "vortex" else META
+    configs = {top: description, **{f"{p}/{CONFIG}": _read_json(path / p / CONFIG) for p in PARTS}}
+    for config, found in configs.items():
+        arch = found.get("architecture", BUILTIN_MODELS[0])  # TRANSFORMERS: built by transformers, from a config
+        if arch not in (*BUILTIN_MODELS, TRANSFORMERS) and arch not in trust_code:
             raise HubError(
                 f"{where}: {config} names the architecture '{arch}', which is not built in "
                 f"({', '.join(BUILTIN_MODELS)}); vortex never imports code a file names. If you trust that "
@@ -233,6 +264,26 @@ def fetch_checkpoint(repo_id: str, revision: str | None = None, trust_code: Sequ
     return download(repo_id, "weights", revision=revision, trust_code=trust_code)
 
 
+def fetch_model(repo_id: str, revision: str | None = None, trust_code: Sequence[str] = ()) -> Path:
+    """Download what `--model ORG/NAME` needs: a vortex checkpoint's full weights and configs, or a transformers
+    model's config.json, vortex.json and safetensors weights (never its pickle files)."""
+    from huggingface_hub import snapshot_download
+
+    def fetch(patterns: list[str]) -> Path:
+        with _hub_errors(repo_id, revision):
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+
+    if not is_transformers_model(fetch([CONFIG, META])):
+        return fetch_checkpoint(repo_id, revision, trust_code)
+    path = fetch([CONFIG, META, WEIGHTS, SHARDS_INDEX, "model-*.safetensors"])
+    if not (path / WEIGHTS).is_file() and not (path / SHARDS_INDEX).is_file():
+        raise HubError(
+            f"Hub repo '{repo_id}' holds a transformers model without {WEIGHTS}; vortex loads weights from "
+            "safetensors only, never pickle files such as pytorch_model.bin: use a repo with safetensors weights"
+        )
+    return path
+
+
 def from_pretrained(
     repo_or_dir: str | Path,
     part: str = "full",
@@ -241,6 +292,9 @@ def from_pretrained(
     split: int | str | None = None,
     cache_dir: str | Path | None = None,
     trust_code: Sequence[str] = (),
+    token: str | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
 ) -> nn.Module:
     """Load a vortex checkpoint from the Hub (`org/name`) or a local directory, in eval mode.
 
@@ -249,37 +303,97 @@ def from_pretrained(
     the recorded split before they are returned; from the Hub, part='edge' downloads edge/ only.
     A `split` other than the stored one cuts the full weights there (and so downloads them).
     Never unpickles; a custom (`package.module:function`) architecture is built only when its
-    name is in `trust_code`.
+    name is in `trust_code`. The bare module of `vortex.VortexModel.from_pretrained` (which adds
+    `.config`, `save_pretrained` and `push_to_hub`).
     """
+    return load_pretrained(
+        repo_or_dir,
+        part,
+        revision=revision,
+        split=split,
+        cache_dir=cache_dir,
+        trust_code=trust_code,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
+    ).module
+
+
+@dataclass
+class Pretrained:
+    """What `load_pretrained` loaded: the module (eval mode) and what describes it."""
+
+    module: nn.Module
+    part: str
+    path: Path  # the directory its files are in (for the Hub: the download)
+    spec: ModelSpec
+    split_points: list[str]
+    split: dict[str, Any] | None  # where it is cut (`split_info`); the whole model: the stored halves' split, if any
+    model_sha256: str | None  # a half: the hash of the full weights it was cut from
+
+
+def load_pretrained(
+    repo_or_dir: str | Path,
+    part: str = "full",
+    *,
+    revision: str | None = None,
+    split: int | str | None = None,
+    cache_dir: str | Path | None = None,
+    trust_code: Sequence[str] = (),
+    token: str | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    with_meta: bool = False,
+) -> Pretrained:
+    """`from_pretrained`, also returning where the module's files are and where it is cut (`with_meta`: a
+    half's download brings vortex.json too)."""
     if part not in (*PARTS, "full"):
         raise VortexError(f"part must be 'edge', 'cloud' or 'full', not '{part}'")
     local = Path(repo_or_dir)
     remote = not local.is_dir()
     if remote and not is_repo_id(str(repo_or_dir)):
         raise VortexError(f"'{repo_or_dir}' is neither a checkpoint directory nor a Hub repo id (org/name)")
+    hub = {"token": token, "local_files_only": local_files_only, "force_download": force_download}
 
     def fetch(what: str) -> Path:
         if remote:
-            return download(str(repo_or_dir), what, revision=revision, cache_dir=cache_dir, trust_code=trust_code)
+            return download(
+                str(repo_or_dir),
+                what,
+                revision=revision,
+                cache_dir=cache_dir,
+                trust_code=trust_code,
+                with_meta=with_meta,
+                **hub,
+            )
         _check_vortex(local, str(local), what, trust_code=trust_code)
         return local
 
     if part != "full":
         path = fetch(part)
-        recorded = read_half_config(path, part)["split"]
+        config = read_half_config(path, part)
+        recorded = config["split"]
         if split is None or str(split) in (str(recorded["index"]), recorded["name"]):
-            return load_half(path, part, trust_code=trust_code)
+            module = load_half(path, part, trust_code=trust_code)
+            spec = spec_of(config, path / part / CONFIG)
+            model_sha256 = config["sha256"]["model"]
+            return Pretrained(module, part, path, spec, config["split_points"], recorded, model_sha256)
         if not remote and not is_checkpoint(local):
             raise VortexError(
                 f"'{local}' holds only the {part} half at split {recorded['index']} "
                 f"({recorded['name']}); load that split, or the full checkpoint to cut at {split}"
             )
-    model, spec, names = load_checkpoint(fetch("weights"), trust_code=trust_code)
+    path = fetch("weights")
+    model, spec, names = load_checkpoint(path, trust_code=trust_code)
     model.eval()
-    if part == "full":
-        return model
+    if split is None:  # the whole model (a half without `split` was returned above)
+        return Pretrained(model, part, path, spec, names, read_meta(path).get("halves"), None)
     sm = split_model(model, spec, names)
-    return (sm.edge(split) if part == "edge" else sm.cloud(split)).eval()
+    cut = split_info(sm, spec, split)
+    if part == "full":
+        return Pretrained(model, part, path, spec, names, cut, None)
+    module = (sm.edge(split) if part == "edge" else sm.cloud(split)).eval()
+    return Pretrained(module, part, path, spec, names, cut, file_sha256(path / WEIGHTS))
 
 
 # Publish -------------------------------------------------------------------------------------------------
@@ -325,13 +439,13 @@ class Published:
         return "\n".join(lines)
 
 
-def files_to_publish(directory: str | Path) -> list[str]:
+def files_to_publish(directory: str | Path, with_onnx: bool = False) -> list[str]:
     """Repo paths of the files `publish` uploads: what a model repo needs and nothing else (weights,
-    configs, vortex.json, card, profile, the plots and attack summary the card shows, both halves
-    with their ONNX files); never training state, logs, the baseline run or best-point weights."""
+    configs, vortex.json, card, profile, the plots and attack summary the card shows, both halves,
+    their ONNX files only `with_onnx`); never training state, logs, the baseline run or best-point weights."""
     root = Path(directory)
     wanted = [*PUBLISHED, *(f"{p}/{n}" for p in PARTS for n in (WEIGHTS, CONFIG, ONNX_FILE))]
-    return sorted(name for name in wanted if (root / name).is_file())
+    return sorted(n for n in wanted if (root / n).is_file() and (with_onnx or Path(n).name != ONNX_FILE))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -378,32 +492,55 @@ def publish(
     trust_code: Sequence[str] = (),
     dry_run: bool = False,
     with_onnx: bool = False,
+    license: str | None = None,
 ) -> Published:
     """Push a checkpoint directory to a Hub model repo in one commit (`dry_run`: only say what).
 
-    Creates the repo if needed (and the branch `revision`), uploads every file but training
-    state and logs, with README.md rendered fresh for `repo_id`. Transient failures are retried;
+    Creates the repo if needed (and the branch `revision`), uploads `files_to_publish` (never
+    training state or logs), with README.md rendered fresh for `repo_id`. Transient failures are retried;
     if the push still fails the directory is left as it was. `split` first re-cuts the
-    halves in the directory at that split (they are written there too when missing).
+    halves in the directory at that split (they are written there too when missing). Nothing
+    is pushed unless the weights match their hash and config and the kept halves were cut from them.
+    ONNX files go only `with_onnx` (both halves exported fresh); `license` goes in the card's metadata
+    (default: the recipe's, else "other"). A transformers model directory (save_pretrained, Trainer) is
+    published as the vortex checkpoint it makes (`to_checkpoint`, in a temporary directory: it stays as it was).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from vortex.hub.cards import render_card, write_card
 
+    if is_transformers_model(directory):
+        if split is None and gpz_index(read_meta(directory)) is None:
+            raise HubError(
+                f"'{directory}' is a transformers model whose vortex.json records no GPZ (a VortexCallback "
+                "writes one) to cut the halves at: pass --split K"
+            )
+        with tempfile.TemporaryDirectory(prefix="vortex-publish-") as tmp:
+            return publish(
+                to_checkpoint(directory, Path(tmp) / "checkpoint", split=split),
+                repo_id,
+                private=private,
+                revision=revision,
+                commit_message=commit_message,
+                token=token,
+                tries=tries,
+                backoff=backoff,
+                dry_run=dry_run,
+                with_onnx=with_onnx,
+                license=license,
+            )
     root = Path(directory)
-    read_config(root)
     recut = split is not None or not all((root / p / WEIGHTS).is_file() for p in PARTS)
+    verify_checkpoint(root, halves=not recut, trust_code=trust_code)  # named as the user's files; re-cut: new
     staged = recut or with_onnx
     with tempfile.TemporaryDirectory(dir=root, prefix=".publish-") if staged else nullcontext() as staging:
         source = root
         if staged:  # cut / export in a copy; the directory changes only once the push has succeeded
             source = Path(staging)
-            for name in files_to_publish(root):
+            for name in files_to_publish(root, with_onnx):  # the halves' ONNX files are exported again below
                 (source / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(root / name, source / name)
             if recut:
-                for part in PARTS:  # an old half's ONNX would not match the new cut
-                    (source / part / ONNX_FILE).unlink(missing_ok=True)
                 _recut(source, split, trust_code)
                 write_card(source)
             if with_onnx:
@@ -412,8 +549,8 @@ def publish(
                 for part in PARTS:
                     export(source, part, trust_code=trust_code)
         meta = read_meta(source)
-        card = str(render_card(source, repo_id)).encode()
-        files = files_to_publish(source)
+        card = str(render_card(source, repo_id, license)).encode()
+        files = files_to_publish(source, with_onnx)
         files = files if CARD in files else sorted([*files, CARD])
         size = sum(len(card) if f == CARD else (source / f).stat().st_size for f in files)
         api = HfApi(token=token)
@@ -473,8 +610,11 @@ def _recut(root: Path, split: int | str | None, trust_code: Sequence[str] = ()) 
     if k is None:
         raise HubError(f"'{root}' records no GPZ to cut the halves at: pass --split K")
     meta["halves"] = write_halves(root, sm, spec, k)
-    config = read_config(root)
-    write_json(root / CONFIG, {**config, "halves_sha256": meta["halves"]["sha256"]})
+    config = {**read_config(root), "halves_sha256": meta["halves"]["sha256"]}
+    if META_CONFIG in meta:  # beside a transformers config.json (vit): the description is in vortex.json
+        meta[META_CONFIG] = config
+    else:
+        write_json(root / CONFIG, config)
     write_json(root / META, meta)
 
 
@@ -504,7 +644,7 @@ def pull(
         return path
     path = download(repo_id, part, revision=revision, local_dir=out, trust_code=trust_code)
     if part == "full":
-        load_checkpoint(path, trust_code=trust_code)
+        verify_checkpoint(path, trust_code=trust_code)  # the weights and the halves cut from them
     else:
         load_half(path, part, trust_code=trust_code)
     return path

@@ -6,8 +6,9 @@ At each evaluation (and every `every` steps, or on the controller's schedule wit
 the callback profiles the model on the probe set with the same streaming statistics as
 `vortex probe` (every process a shard, reduced exactly) and logs `rc2/<split>`, `rho/<split>`,
 `gpz` and `probe_accuracy` through `Trainer.log`, so they reach every `report_to` integration.
-Each checkpoint-N the Trainer saves gets profile.json and vortex.json (splits, profile, GPZ,
-and with a target the controller's state and history); OUTPUT_DIR gets the final ones at the end.
+Each checkpoint-N the Trainer saves gets profile.json and vortex.json (splits, input shape, profile,
+GPZ, and with a target the controller's state and history); OUTPUT_DIR gets the final ones at the end.
+`vortex probe / attack / publish` take such a directory as the model (vortex/hub/hf_classifier.py).
 
 Why `attach(trainer)`: a callback's `on_log` runs after the reporting integrations (they are
 registered first) and `on_evaluate` after the evaluation metrics were logged, so the values
@@ -19,6 +20,7 @@ loss on intermediate features: `attach` installs `compute_loss` as the Trainer's
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,12 @@ from vortex.data import make_loader, num_classes
 from vortex.distributed import process_state, sync_buffers
 from vortex.errors import VortexError
 from vortex.files import write_json
+from vortex.records import Profile
 from vortex.training.controller import ControllerConfig, GPZController
 from vortex.training.levers import lever_loss, smoothing_at
 from vortex.training.loss import soft_target_loss
+
+log = logging.getLogger(__name__)
 
 
 class ClassifierForTrainer(nn.Module):
@@ -89,7 +94,8 @@ class VortexCallback(TrainerCallback):
     controller: `ControllerConfig` overrides (pull, hold_start, margin, max_every, ...; its
         probe_samples / probe_batch_size do not apply: the probe set and `batch_size` above do);
         baseline_accuracy / max_accuracy_drop: its accuracy guard (as `vortex train`).
-    sketch_dim: estimate splits wider than this from a count sketch (bounded memory).
+    sketch_dim: estimate splits wider than this from a count sketch (bounded memory); None (default)
+        sketches only when exact class means would not fit the memory budget, "exact" never does.
 
     Multi-process runs are data parallel (DDP): every process profiles its shard of the
     probe set with the model it holds (batch-norm buffers taken from rank 0).
@@ -112,7 +118,7 @@ class VortexCallback(TrainerCallback):
         baseline_accuracy: float | None = None,
         max_accuracy_drop: float | None = None,
         dataset_name: str = "probe",
-        sketch_dim: int | None = None,
+        sketch_dim: int | str | None = None,
     ):
         if every is not None and every < 1:
             raise VortexError(f"every must be at least 1 step, got {every}")
@@ -124,7 +130,7 @@ class VortexCallback(TrainerCallback):
         self.baseline_accuracy, self.max_accuracy_drop = baseline_accuracy, max_accuracy_drop
         self.trainer = None
         self.controller: GPZController | None = None
-        self.last_profile: dict[str, Any] | None = None
+        self.last_profile: Profile | None = None
         self._sm: HookSplitModel | None = None
         self._tap: TrainingTap | None = None
         self._measured_step: int | None = None
@@ -215,7 +221,7 @@ class VortexCallback(TrainerCallback):
         shard = rows.tensor_split(state.num_processes)[state.process_index].tolist()
         return torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard), self.batch_size, collate_fn=_collate)
 
-    def profile(self, model: nn.Module) -> dict[str, Any]:
+    def profile(self, model: nn.Module) -> Profile:
         """The profile.json dictionary of `model` on the probe set; every process must call it."""
         sm = self._split_model(model)
         sync_buffers(model)  # batch-norm statistics as rank 0 has them (as DDP does)
@@ -242,7 +248,7 @@ class VortexCallback(TrainerCallback):
 
     def _measure(
         self, model: nn.Module, state: Any, observe: bool = False, metrics: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> Profile:
         """Profile now (once per step), let the controller decide if asked, and log the values.
 
         Attached, the values go through `trainer.log` (so every `report_to` tracker gets them);
@@ -255,15 +261,13 @@ class VortexCallback(TrainerCallback):
                 metrics.update(self._last_logs)
             return self.last_profile
         profile = self.profile(model)
-        logs = {f"rc2/{s['name']}": s["rc2"] for s in profile["splits"]}
-        logs.update({f"rho/{s['name']}": s["rho"] for s in profile["splits"]})
-        logs.update(gpz=profile["gpz"]["index"], probe_accuracy=profile["accuracy"])
+        logs = {f"rc2/{s.name}": s.rc2 for s in profile.splits}
+        logs.update({f"rho/{s.name}": s.rho for s in profile.splits})
+        logs.update(gpz=profile.gpz.index, probe_accuracy=profile.accuracy)
         if observe and self.controller is not None:
-            entry = self.controller.observe(
-                step, [s["rho"] for s in profile["splits"]], profile["accuracy"], step / max(state.max_steps, 1)
-            )
+            entry = self.controller.observe(step, profile.rho(), profile.accuracy, step / max(state.max_steps, 1))
             self.controller.is_better(entry)
-            logs.update({"lever/pull": entry["levers"]["pull"], "lever/hold": entry["levers"]["hold"]})
+            logs.update({"lever/pull": entry.levers["pull"], "lever/hold": entry.levers["hold"]})
         if self.trainer is not None:
             self.trainer.log(logs)
         else:
@@ -273,17 +277,18 @@ class VortexCallback(TrainerCallback):
         self._measured_step, self._last_logs = step, logs
         return profile
 
-    def _meta(self, profile: dict[str, Any], step: int) -> dict[str, Any]:
+    def _meta(self, profile: Profile, step: int) -> dict[str, Any]:
         """What vortex.json records: splits, profile, GPZ and, with a target, the controller."""
         meta = {
             "vortex_version": __version__,
             "step": step,
             "splits": self.split_names,
+            "input_shape": list(self._example.shape[1:]),  # as the model sees the probe images
             "profile": profile,
-            "gpz": profile["gpz"],
+            "gpz": profile.gpz,
         }
         if self.controller is not None:
-            reached = profile["gpz"]["index"]
+            reached = profile.gpz.index
             meta.update(
                 target_gpz=self.target,
                 reached_gpz=reached,
@@ -293,7 +298,7 @@ class VortexCallback(TrainerCallback):
             )
         return meta
 
-    def _write(self, out: Path, profile: dict[str, Any], step: int) -> None:
+    def _write(self, out: Path, profile: Profile, step: int) -> None:
         write_json(out / "profile.json", profile)
         write_json(out / "vortex.json", self._meta(profile, step))
 
@@ -365,10 +370,10 @@ class VortexCallback(TrainerCallback):
         plot_profile(profile, out / "profile.png")
         if self.controller is not None:
             plot_vortex(self.controller.summary(), self.split_names, out / "vortex.png")
-            reached = profile["gpz"]["index"]
-            process_state().print(
+            reached = profile.gpz.index
+            log.warning(
                 f"vortex: rho transition at split {reached} ({self.split_names[reached - 1]}), target "
                 f"{self.target}{'' if reached == self.target else ' MISSED'}; probe accuracy "
-                f"{profile['accuracy']:.4f}. Protection at split {self.target} is NOT verified: the callback "
+                f"{profile.accuracy:.4f}. Protection at split {self.target} is NOT verified: the callback "
                 "runs no inversion attack"
             )

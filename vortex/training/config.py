@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 from transformers import SchedulerType
 
+from vortex.core.stats import EXACT
 from vortex.errors import VortexError
+from vortex.training.controller import ControllerConfig
 
 RECIPES = resources.files("vortex") / "recipes"  # the repository's recipes/, shipped in the wheel
 DEFAULT_RECIPE = "cnn_digits.yaml"
@@ -23,6 +25,9 @@ class Recipe:
 
     model: str = "cnn"
     dataset: str = "digits"
+    dataset_config_name: str | None = None  # a Hub dataset's config
+    image_column_name: str | None = None  # default: guessed from the column types and names
+    label_column_name: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
     channels: int | None = None
@@ -55,18 +60,24 @@ def find_recipe(path: str | Path) -> Path:
     raise VortexError(f"recipe '{path}' does not exist; write a YAML file or use a shipped one: {', '.join(known)}")
 
 
-def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
-    """Read a YAML recipe (default: recipes/cnn_digits.yaml) and apply non-None overrides.
+def load_recipe(path: str | Path | Recipe | None = None, **overrides: Any) -> Recipe:
+    """Read a YAML recipe (default: recipes/cnn_digits.yaml), apply non-None overrides (`lr`: the
+    optimiser's) and check the result, so a bad value from the command line is refused as one from the file.
 
-    `path` is a file, or the name of a recipe shipped with vortex (`cnn_digits`, `recipes/cnn_digits.yaml`).
+    `path` is a file, the name of a recipe shipped with vortex (`cnn_digits`, `recipes/cnn_digits.yaml`),
+    or a Recipe (checked as a file is).
     """
-    path = find_recipe(path or DEFAULT_RECIPE)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where else ""
-        raise VortexError(f"recipe '{path}' is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    lr = overrides.pop("lr", None)
+    if isinstance(path, Recipe):
+        data, path = path.to_dict(), "given as a Recipe"
+    else:
+        path = find_recipe(path or DEFAULT_RECIPE)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where else ""
+            raise VortexError(f"recipe '{path}' is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise VortexError(f"recipe '{path}' must be a YAML mapping of keys to values, not a {type(data).__name__}")
     known = {f.name for f in fields(Recipe)}
@@ -75,9 +86,14 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
         raise VortexError(f"recipe '{path}' has unknown keys {unknown}; known keys: {sorted(known)}")
     if overrides.get("model") not in (None, data.get("model", Recipe.model)):
         data.pop("model_options", None)  # the recipe's options are for its own model
+    if overrides.get("dataset") not in (None, data.get("dataset", Recipe.dataset)):
+        for key in DATA_OPTIONS:  # the recipe's config and columns are for its own data set
+            data.pop(key, None)
     data.update({k: v for k, v in overrides.items() if v is not None})
     recipe = Recipe(**data)
     check_types(recipe, path)
+    if lr is not None:
+        recipe.optimizer = {**recipe.optimizer, "lr": lr}
     ls = recipe.label_smoothing
     alphas = list(ls.values()) if isinstance(ls, dict) else list(ls) if isinstance(ls, list) else [ls]
     if any(not isinstance(a, (int, float)) or isinstance(a, bool) for a in alphas):
@@ -87,6 +103,20 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
     unknown = sorted(set(recipe.probe) - set(PROBE_DEFAULTS))
     if unknown:
         raise VortexError(f"recipe probe section has unknown keys {unknown}; known: {', '.join(PROBE_DEFAULTS)}")
+    for key, value in recipe.probe.items():
+        if key == "sketch_dim" and value == EXACT:  # keep every split exact, however large
+            continue
+        if (value is not None or key == "batch_size") and (not _whole(value) or value < 1):
+            none = "" if key == "batch_size" else " or null"
+            raise VortexError(f"recipe probe {key} must be a whole number of at least 1{none}, got {value!r}")
+    check_controller(recipe.controller)
+    unknown = sorted(set(recipe.optimizer) - set(OPTIMIZER_KEYS))
+    if unknown:
+        raise VortexError(f"recipe optimizer has unknown keys {unknown}; known: {', '.join(OPTIMIZER_KEYS)}")
+    for key in ("weight_decay", "momentum"):
+        value = recipe.optimizer.get(key, 0.0)
+        if not _number(value) or not 0 <= value < float("inf"):
+            raise VortexError(f"optimizer {key} must be a number of at least 0, got {value!r}")
     schedulers = [s.value for s in SchedulerType]
     if recipe.scheduler not in schedulers:
         raise VortexError(f"scheduler must be one of {', '.join(schedulers)}, not '{recipe.scheduler}'")
@@ -110,11 +140,35 @@ def load_recipe(path: str | Path | None = None, **overrides: Any) -> Recipe:
 
 
 INTEGERS = ("seed", "epochs", "batch_size", "gradient_accumulation_steps", "num_warmup_steps")
+OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "momentum")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_controller(section: dict[str, Any]) -> None:
+    """The `controller:` section's keys and values: intervals and sample counts whole numbers of at
+    least 1, weights and factors finite numbers of at least 0."""
+    config = ControllerConfig.from_dict(section)  # refuses unknown keys
+    for f in fields(ControllerConfig):
+        value = getattr(config, f.name)
+        whole = f.type == "int"
+        if not (_whole(value) if whole else _number(value)) or not (1 if whole else 0) <= value < float("inf"):
+            kind = "a whole number of at least 1" if whole else "a number of at least 0"
+            raise VortexError(f"recipe controller {f.name} must be {kind}, got {value!r}")
+
+
 OPTIONAL_INTEGERS = ("image_size", "channels", "max_train_samples")
+DATA_OPTIONS = ("dataset_config_name", "image_column_name", "label_column_name")  # optional strings
 MAPPINGS = ("model_options", "optimizer", "probe", "controller")
 
 
-def check_types(recipe: Recipe, path: Path) -> None:
+def check_types(recipe: Recipe, path: str | Path) -> None:
     """One line naming the key whose value has the wrong type (YAML gives strings for typos like 'eight')."""
     for key in INTEGERS + OPTIONAL_INTEGERS:
         value = getattr(recipe, key)
@@ -126,6 +180,9 @@ def check_types(recipe: Recipe, path: Path) -> None:
     for key in ("model", "dataset", "scheduler", "license"):
         if not isinstance(getattr(recipe, key), str):
             raise VortexError(f"recipe '{path}': {key} must be a string, got {getattr(recipe, key)!r}")
+    for key in DATA_OPTIONS:
+        if not isinstance(getattr(recipe, key), (str, type(None))):
+            raise VortexError(f"recipe '{path}': {key} must be a string or null, got {getattr(recipe, key)!r}")
 
 
 def check_smoothing(alpha: Any, num_classes: int) -> None:

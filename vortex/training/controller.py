@@ -24,6 +24,7 @@ from typing import Any
 
 from vortex.core.gpz import locate_gpz
 from vortex.errors import VortexError
+from vortex.records import BestPoint, ControllerEntry, ControllerSummary
 from vortex.training.levers import Levers
 
 
@@ -50,6 +51,20 @@ class ControllerConfig:
         if set(d) - known:
             raise VortexError(f"unknown controller keys {sorted(set(d) - known)}; known: {sorted(known)}")
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One measurement read against the target."""
+
+    gpz: int
+    zone: list[int]
+    drops: list[float]
+    ratio: float  # K's drop over the largest other drop
+    runner_up: int  # the split of that other drop
+    rho_on_target: bool  # GPZ at K with the margin
+    protected: bool | None  # split K resists the online attack (None: no signal or no criterion)
+    reached: bool
 
 
 def check_target(target: int, split_names: list[str]) -> None:
@@ -80,8 +95,8 @@ class GPZController:
         self.min_mse = min_mse  # the online attack's MSE at K must reach it; None: rho alone decides
         self.baseline_accuracy, self.max_accuracy_drop = baseline_accuracy, max_accuracy_drop
         self.levers = Levers(pull=config.pull, hold=config.hold, hold_floor=0.0)  # floor set from measurements
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
+        self.history: list[ControllerEntry] = []
+        self.best: BestPoint | None = None
         self.interval, self.next_step = config.every, config.every
 
     def due(self, step: int) -> bool:
@@ -97,36 +112,36 @@ class GPZController:
         """Lever factor 2**(gain * shortfall), clipped to [2**0.5, 4]."""
         return 2.0 ** min(max(self.config.gain * shortfall, 0.5), 2.0)
 
-    def assess(self, rho: list[float], attack_mse: float | None = None) -> dict[str, Any]:
+    def assess(self, rho: list[float], attack_mse: float | None = None) -> Assessment:
         """Where the GPZ is, how clearly K's drop leads (ratio >= margin: on target by rho) and whether
         split K resists the online attack (`protected`, None without a signal or a criterion)."""
         gpz = locate_gpz(rho, "rho")
-        drops, k = gpz["drops"], self.target - 2
+        drops, k = gpz.drops, self.target - 2
         others = [(d, i + 2) for i, d in enumerate(drops) if i != k]
         runner_up, runner_split = max(others) if others else (0.0, self.target)
         ratio = drops[k] / max(runner_up, 1e-6)
-        on_rho = gpz["index"] == self.target and ratio >= self.config.margin
+        on_rho = gpz.index == self.target and ratio >= self.config.margin
         protected = None if attack_mse is None or self.min_mse is None else attack_mse >= self.min_mse
-        return {
-            "gpz": gpz["index"],
-            "zone": gpz["zone"],
-            "drops": drops,
-            "ratio": ratio,
-            "runner_up": runner_split,
-            "rho_on_target": on_rho,
-            "protected": protected,
-            "reached": on_rho and protected is not False,
-        }
+        return Assessment(
+            gpz=gpz.index,
+            zone=gpz.zone,
+            drops=drops,
+            ratio=ratio,
+            runner_up=runner_split,
+            rho_on_target=on_rho,
+            protected=protected,
+            reached=on_rho and protected is not False,
+        )
 
     def observe(
         self, step: int, rho: list[float], accuracy: float, progress: float, attack_mse: float | None = None
-    ) -> dict[str, Any]:
+    ) -> ControllerEntry:
         """Record one measurement (with the online attack's MSE at K when there is one), move the
         levers, and return the logged decision."""
         a = self.assess(rho, attack_mse)
         cfg, lv = self.config, self.levers
         lv.hold_floor = cfg.hold_floor * max(rho[: max(self.target - 2, 1)])
-        factor = self._step((cfg.margin - a["ratio"]) / cfg.margin)  # how far K's drop is from leading
+        factor = self._step((cfg.margin - a.ratio) / cfg.margin)  # how far K's drop is from leading
         guard = (
             self.baseline_accuracy is not None
             and self.max_accuracy_drop is not None
@@ -136,88 +151,89 @@ class GPZController:
         if guard:
             lv.pull, lv.hold = lv.pull / 2, lv.hold / 2
             decision = f"accuracy {accuracy:.3f} below baseline {self.baseline_accuracy:.3f}: halve both levers"
-        elif a["reached"]:
+        elif a.reached:
             decision = "on target: keep levers"
-        elif a["rho_on_target"]:  # the indicator is at K, the attack says split K still leaks
+        elif a.rho_on_target:  # the indicator is at K, the attack says split K still leaks
             factor = self._step((self.min_mse - attack_mse) / self.min_mse)
             lv.pull = min(max(lv.pull, 0.25) * factor, cfg.max_weight)
             decision = (
                 f"rho at K but split K leaks (online attack MSE {attack_mse:.4f} < {self.min_mse}): pull x{factor:.2f}"
             )
-        elif a["gpz"] > self.target or (a["gpz"] == self.target and a["runner_up"] > self.target):
+        elif a.gpz > self.target or (a.gpz == self.target and a.runner_up > self.target):
             lv.pull = min(max(lv.pull, 0.25) * factor, cfg.max_weight)
-            decision = f"transition after K (largest drop at {a['gpz']}): pull x{factor:.2f}"
+            decision = f"transition after K (largest drop at {a.gpz}): pull x{factor:.2f}"
         else:
             lv.hold = min(max(lv.hold * factor, cfg.hold_start), cfg.max_weight)
-            decision = f"transition before K (drop at {a['runner_up']} competes): hold x{factor:.2f}"
-        steady = a["reached"] and bool(self.history) and self.history[-1]["reached"]
+            decision = f"transition before K (drop at {a.runner_up} competes): hold x{factor:.2f}"
+        steady = a.reached and bool(self.history) and self.history[-1].reached
         self.interval = min(self.interval * 2, cfg.max_every) if steady else cfg.every
         self.next_step = step + self.interval
-        entry = {
-            "step": step,
-            "progress": round(progress, 4),
-            "gpz": a["gpz"],
-            "zone": a["zone"],
-            "ratio": a["ratio"],
-            "rho_on_target": a["rho_on_target"],
-            "attack_mse": attack_mse,
-            "protected": a["protected"],
-            "reached": a["reached"],
-            "accuracy": accuracy,
-            "rho": rho,
-            "drops": a["drops"],
-            "levers": lv.to_dict(),
-            "decision": decision,
-        }
+        entry = ControllerEntry(
+            step=step,
+            progress=round(progress, 4),
+            gpz=a.gpz,
+            zone=a.zone,
+            ratio=a.ratio,
+            rho_on_target=a.rho_on_target,
+            attack_mse=attack_mse,
+            protected=a.protected,
+            reached=a.reached,
+            accuracy=accuracy,
+            rho=rho,
+            drops=a.drops,
+            levers=lv.to_dict(),
+            decision=decision,
+        )
         self.history.append(entry)
         return entry
 
-    def is_better(self, entry: dict[str, Any]) -> bool:
+    def is_better(self, entry: ControllerEntry) -> bool:
         """Closer to K (then harder to invert at K, up to `min_mse`, then clearer, then later) than the
         best seen, and within the accuracy bound."""
         if (
             self.baseline_accuracy is not None
             and self.max_accuracy_drop is not None
-            and entry["accuracy"] < self.baseline_accuracy - self.max_accuracy_drop
+            and entry.accuracy < self.baseline_accuracy - self.max_accuracy_drop
         ):
             return False
-        privacy = min(entry.get("attack_mse") or 0.0, self.min_mse or 0.0)
-        key = (-abs(entry["gpz"] - self.target), privacy, min(entry["ratio"], self.config.margin), entry["step"])
-        if self.best is None or key >= tuple(self.best["key"]):
-            self.best = {
-                "key": list(key),
-                "step": entry["step"],
-                "gpz": entry["gpz"],
-                "ratio": entry["ratio"],
-                "attack_mse": entry.get("attack_mse"),
-                "accuracy": entry["accuracy"],
-            }
+        privacy = min(entry.attack_mse or 0.0, self.min_mse or 0.0)
+        key = (-abs(entry.gpz - self.target), privacy, min(entry.ratio, self.config.margin), entry.step)
+        if self.best is None or key >= tuple(self.best.key):
+            self.best = BestPoint(
+                key=list(key),
+                step=entry.step,
+                gpz=entry.gpz,
+                ratio=entry.ratio,
+                attack_mse=entry.attack_mse,
+                accuracy=entry.accuracy,
+            )
             return True
         return False
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "levers": self.levers.to_dict(),
-            "history": self.history,
-            "best": self.best,
+            "history": [h.to_dict() for h in self.history],
+            "best": self.best and self.best.to_dict(),
             "interval": self.interval,
             "next_step": self.next_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.levers = Levers(**state["levers"])
-        self.history, self.best = list(state["history"]), state["best"]
+        self.history = [ControllerEntry.from_dict(h) for h in state["history"]]
+        self.best = state["best"] and BestPoint.from_dict(state["best"])
         self.interval, self.next_step = state["interval"], state["next_step"]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ControllerSummary:
         """What vortex.json records: target, config, final levers and the history."""
-        return {
-            "target_gpz": self.target,
-            "config": asdict(self.config),
-            "levers": self.levers.to_dict(),
-            "baseline_accuracy": self.baseline_accuracy,
-            "max_accuracy_drop": self.max_accuracy_drop,
-            "min_mse": self.min_mse,
-            "best": self.best,
-            "history": self.history,
-        }
+        return ControllerSummary(
+            target_gpz=self.target,
+            config=asdict(self.config),
+            levers=self.levers.to_dict(),
+            baseline_accuracy=self.baseline_accuracy,
+            max_accuracy_drop=self.max_accuracy_drop,
+            min_mse=self.min_mse,
+            best=self.best,
+            history=list(self.history),
+        )

@@ -21,16 +21,18 @@ loses more than --max-accuracy-drop test accuracy against an untargeted run of t
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -39,25 +41,91 @@ from safetensors.torch import load_model, save_model
 from transformers import get_scheduler
 
 from vortex.core.probe import collect_stats, profile_model
-from vortex.data import data_shape, load_data, make_loader, num_classes, take
+from vortex.data import data_shape, load_data, make_loader, num_classes
 from vortex.distributed import process_state, sync_buffers
 from vortex.errors import AttackError, VortexError
 from vortex.files import check_output_dir, locked, write_atomic, write_json
 from vortex.hub.checkpoint import save_checkpoint
-from vortex.hub.layout import is_checkpoint, read_meta
-from vortex.hub.loading import resolve_spec
+from vortex.hub.hf_classifier import load_transformers, transformers_spec
+from vortex.hub.layout import is_checkpoint, read_json_object, read_meta
+from vortex.hub.loading import load_init_weights, resolve_spec, transformers_source
+from vortex.hub.repo import is_repo_id
+from vortex.logs import show_logs
 from vortex.models import build_model, split_model
-from vortex.options import add_trust_code_option
+from vortex.options import add_data_options, add_trust_code_option
+from vortex.records import ControllerSummary, Profile
 from vortex.report.plots import plot_reconstructions, plot_vortex
 from vortex.report.tables import profile_table
-from vortex.training.config import check_smoothing, load_recipe
+from vortex.training.config import Recipe, check_smoothing, load_recipe
 from vortex.training.controller import ControllerConfig, GPZController, check_target
 from vortex.training.levers import lever_loss, smoothing_at
 from vortex.training.loss import soft_target_loss
 from vortex.training.privacy import RECOGNISABLE_MSE, OnlineAttacker, PrivacyCriterion, verify_privacy
 
+log = logging.getLogger(__name__)  # printed by the entry point (vortex.logs), main process only
+
 TARGET_MISSED = 3
 RUN_STATE = "vortex_state.json"  # vortex's part of a saved training state (controller, run fingerprint)
+PRIVACY_ATTACKS = ("decoder", "enhanced")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `vortex train` takes on its command line (`vortex train --help` says what each means);
+    None leaves the recipe's value."""
+
+    recipe: str | Path | Recipe | None = None  # a YAML file, a shipped recipe's name, or a Recipe
+    output_dir: str | Path | None = None  # default: runs/MODEL-DATASET[-gpzK]
+    target_gpz: int | None = None
+    max_accuracy_drop: float = 0.02
+    privacy_mse: float = RECOGNISABLE_MSE
+    privacy_attack: str = "decoder"
+    baseline: str | Path = "auto"
+    model: str | None = None
+    init_weights: str | Path | None = None
+    trust_code: list[str] = field(default_factory=list)
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    image_column_name: str | None = None
+    label_column_name: str | None = None
+    num_train_epochs: int | None = None
+    per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    lr_scheduler_type: str | None = None
+    num_warmup_steps: int | None = None
+    seed: int | None = None
+    learning_rate: float | None = None
+    label_smoothing: float | None = None
+    max_train_samples: int | None = None
+    checkpointing_steps: str | int = "epoch"
+    resume_from_checkpoint: str | Path | None = None
+    with_tracking: bool = False
+    report_to: str = "tensorboard"
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool = False
+    hub_revision: str | None = None
+    holdout_probe: bool = False  # hold a probe set out without a target, as baseline runs do
+
+    def __post_init__(self) -> None:
+        if self.privacy_attack not in PRIVACY_ATTACKS:
+            known = ", ".join(PRIVACY_ATTACKS)
+            raise VortexError(f"privacy_attack must be one of {known}, got {self.privacy_attack!r}")
+        if self.target_gpz is not None and (not isinstance(self.target_gpz, int) or isinstance(self.target_gpz, bool)):
+            raise VortexError(f"target_gpz must be a whole number or None, got {self.target_gpz!r}")
+
+
+@dataclass
+class TrainResult:
+    """What a training run gives back: where the checkpoint is, its status and its records."""
+
+    output_dir: Path
+    status: int  # 0, or TARGET_MISSED
+    test_accuracy: float
+    profile: Profile  # of the saved model, on the test split
+    controller: ControllerSummary | None  # with a target
+    privacy: dict[str, Any] | None  # the verdict attack's record (vortex.json's `privacy`), with a target
+    target_reached: bool | None  # None without a target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-accuracy-drop",
         "--max_accuracy_drop",
         type=float,
-        default=0.02,
+        default=TrainConfig.max_accuracy_drop,
         help="with --target-gpz: largest test-accuracy loss allowed against the untargeted run "
         "(default 0.02 = 2 points)",
     )
@@ -88,27 +156,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--privacy-mse",
         "--privacy_mse",
         type=float,
-        default=RECOGNISABLE_MSE,
+        default=TrainConfig.privacy_mse,
         help="with --target-gpz: the attack MSE (images in [0, 1]) split K must reach to count as protected "
         f"(default {RECOGNISABLE_MSE}, below which reconstructions are recognisable)",
     )
     p.add_argument(
         "--privacy-attack",
         "--privacy_attack",
-        default="decoder",
-        choices=("decoder", "enhanced"),
+        default=TrainConfig.privacy_attack,
+        choices=PRIVACY_ATTACKS,
         help="with --target-gpz: the inversion attack that checks split K (default: decoder)",
     )
     p.add_argument(
         "--baseline",
-        default="auto",
+        default=TrainConfig.baseline,
         help="with --target-gpz: the untargeted run to compare accuracy with: a checkpoint directory, "
         "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'",
     )
-    p.add_argument("--model", help="override the recipe's model (built-in name or package.module:function)")
+    p.add_argument(
+        "--model",
+        help="override the recipe's model: a built-in name, package.module:function, or a transformers image "
+        "classifier (a directory written by save_pretrained or transformers.Trainer, or a Hub repo id)",
+    )
+    p.add_argument(
+        "--init_weights",
+        "--init-weights",
+        help="a local .safetensors file of the model's weights to start from (every tensor, of the model's shapes)",
+    )
     add_trust_code_option(p, "a recipe that names it; a --model given on the command line is trusted as it is")
-    p.add_argument("--dataset", "--dataset_name", help="override the recipe's data set")
-    p.add_argument("--epochs", "--num_train_epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument(
+        "--dataset_name",
+        "--dataset",
+        metavar="DATASET",
+        help="override the recipe's data set: a built-in, an image folder, a .parquet file or a Hub dataset id",
+    )
+    add_data_options(p)
+    p.add_argument(
+        "--epochs",
+        "--num_train_epochs",
+        dest="num_train_epochs",
+        metavar="EPOCHS",
+        type=int,
+        help="override the recipe's number of epochs",
+    )
     p.add_argument(
         "--per_device_train_batch_size", "--batch_size", type=int, help="override the recipe's batch size (per process)"
     )
@@ -123,18 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num_warmup_steps", type=int, help="override the recipe's learning-rate warm-up steps")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
-    p.add_argument("--lr", "--learning_rate", type=float, help="override the optimiser's learning rate")
+    p.add_argument(
+        "--lr",
+        "--learning_rate",
+        dest="learning_rate",
+        metavar="LR",
+        type=float,
+        help="override the optimiser's learning rate",
+    )
     p.add_argument(
         "--label_smoothing",
         "--label-smoothing",
         type=float,
         help="smoothing alpha in (-inf, 1): 1-alpha on the true class; negative is allowed",
     )
-    p.add_argument("--max_train_samples", "--max-train-samples", type=int, help="train on the first N samples")
+    p.add_argument(
+        "--max_train_samples",
+        "--max-train-samples",
+        type=int,
+        help="train on N samples of the train split (a seeded choice, made before any image is converted)",
+    )
     p.add_argument(
         "--checkpointing_steps",
         "--checkpointing-steps",
-        default="epoch",
+        default=TrainConfig.checkpointing_steps,
         help="save the training state every N steps, or 'epoch' (default)",
     )
     p.add_argument(
@@ -151,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report_to",
         "--report-to",
-        default="tensorboard",
+        default=TrainConfig.report_to,
         help="tracker for --with_tracking (tensorboard works offline; 'all' for every installed one)",
     )
     p.add_argument(
@@ -203,16 +305,22 @@ def find_resume_dir(output_dir: Path, arg: str) -> Path:
 
 
 def run_fingerprint(
-    recipe: dict, target: int | None, max_accuracy_drop: float, processes: int, accumulation: int
+    recipe: dict,
+    target: int | None,
+    max_accuracy_drop: float,
+    processes: int,
+    accumulation: int,
+    init_weights: str | None = None,
 ) -> str:
-    """A hash of everything that decides a run's trajectory (the recipe, the target, and how the
-    batches are spread: processes and accumulation): a state resumes only into the same run."""
+    """A hash of everything that decides a run's trajectory (the recipe, the target, the initial weights'
+    sha256, and how the batches are spread: processes and accumulation): a state resumes only into the same run."""
     settings = {
         "recipe": recipe,
         "target_gpz": target,
         "max_accuracy_drop": max_accuracy_drop,
         "processes": processes,
         "gradient_accumulation_steps": accumulation,
+        **({"init_weights": init_weights} if init_weights else {}),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -269,17 +377,22 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> float:
     return correct / max(total, 1)
 
 
-def baseline_accuracy(args: argparse.Namespace, output_dir: Path) -> tuple[Path | None, float | None]:
+def baseline_accuracy(args: TrainConfig, output_dir: Path) -> tuple[Path | None, float | None]:
     """The untargeted run to guard accuracy against: its directory and test accuracy."""
     if args.baseline == "none":
         return None, None
     base_dir = output_dir / "baseline" if args.baseline == "auto" else Path(args.baseline)
     if args.baseline == "auto" and not is_checkpoint(base_dir):
-        base_args = copy.copy(args)
-        base_args.output_dir, base_args.target_gpz, base_args.holdout_probe = str(base_dir), None, True
         complete = any((base_dir / "state").glob(f"step_*/{RUN_STATE}"))  # an interrupted save leaves none
-        base_args.resume_from_checkpoint = "latest" if complete else None
-        base_args.with_tracking = base_args.push_to_hub = False
+        base_args = replace(
+            args,
+            output_dir=base_dir,
+            target_gpz=None,
+            holdout_probe=True,
+            resume_from_checkpoint="latest" if complete else None,
+            with_tracking=False,
+            push_to_hub=False,
+        )
         train(base_args)
     meta = base_dir / "vortex.json"
     if not meta.is_file():
@@ -287,49 +400,70 @@ def baseline_accuracy(args: argparse.Namespace, output_dir: Path) -> tuple[Path 
             f"--baseline {base_dir} is not a vortex checkpoint with a vortex.json; train one "
             "without --target-gpz, or pass --baseline auto"
         )
-    return base_dir, float(json.loads(meta.read_text())["test_accuracy"])
+    accuracy = read_json_object(meta).get("test_accuracy")
+    if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool) or not 0 <= accuracy <= 1:
+        raise VortexError(
+            f"'{meta}' records no test accuracy (test_accuracy: {accuracy!r}); train the baseline again, "
+            "or pass --baseline auto"
+        )
+    return base_dir, float(accuracy)
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """The command line (`vortex train --help`) as a TrainConfig."""
+    return TrainConfig(**vars(build_parser().parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return train(build_parser().parse_args(argv))
+    show_logs()
+    return train(parse_config(argv)).status
 
 
-def train(args: argparse.Namespace) -> int:
-    """Check the output directory, hold its lock (main process) and run the training."""
-    if not args.output_dir:
-        recipe = load_recipe(args.recipe, model=args.model, dataset=args.dataset)
+def train(config: TrainConfig) -> TrainResult:
+    """Train as `vortex train` does: check the output directory, hold its lock (main process) and run."""
+    if not config.output_dir:
+        recipe = load_recipe(config.recipe, model=config.model, dataset=config.dataset_name)
         name = "-".join(re.sub(r"[^\w.]+", "_", str(v)).strip("_") for v in (recipe.model, recipe.dataset))
-        args.output_dir = f"runs/{name}" + (f"-gpz{args.target_gpz}" if args.target_gpz is not None else "")
-        process_state().print(f"writing to --output_dir {args.output_dir}")
-    check_output_dir(args.output_dir, "--output_dir")
+        output_dir = f"runs/{name}" + (f"-gpz{config.target_gpz}" if config.target_gpz is not None else "")
+        config = replace(config, output_dir=output_dir)
+        log.info(f"writing to --output_dir {output_dir}")
+    check_output_dir(config.output_dir, "--output_dir")
     with ExitStack() as held:
-        return run(args, held)
+        return run(config, held)
 
 
-def run(args: argparse.Namespace, held: ExitStack) -> int:
+def run(args: TrainConfig, held: ExitStack) -> TrainResult:
     """The training run; `held` keeps the output directory's lock (taken once the settings are checked)."""
     recipe = load_recipe(
         args.recipe,
         model=args.model,
-        dataset=args.dataset,
-        epochs=args.epochs,
+        dataset=args.dataset_name,
+        epochs=args.num_train_epochs,
         seed=args.seed,
         label_smoothing=args.label_smoothing,
         max_train_samples=args.max_train_samples,
+        dataset_config_name=args.dataset_config_name,
+        image_column_name=args.image_column_name,
+        label_column_name=args.label_column_name,
         batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         scheduler=args.lr_scheduler_type,
         num_warmup_steps=args.num_warmup_steps,
+        lr=args.learning_rate,
     )
-    if args.lr is not None:
-        recipe.optimizer["lr"] = args.lr
     output_dir = Path(args.output_dir)
     target = args.target_gpz
     ctrl_cfg = ControllerConfig.from_dict(recipe.controller)
 
     # Data and model; with a target, a probe set is held out of the training split
-    data = load_data(recipe.dataset)  # the fixed default split: every command sees the same test set
-    train_ds, test_ds = take(data["train"], recipe.max_train_samples), data["test"]
+    data = load_data(  # the fixed default split: every command sees the same test set
+        recipe.dataset,
+        config_name=recipe.dataset_config_name,
+        image_column=recipe.image_column_name,
+        label_column=recipe.label_column_name,
+        max_samples={"train": recipe.max_train_samples},
+    )
+    train_ds, test_ds = data["train"], data["test"]
     probe_ds = None
     if target is not None or args.holdout_probe:
         parts = train_ds.train_test_split(test_size=ctrl_cfg.probe_samples, seed=0, stratify_by_column="label")
@@ -337,26 +471,49 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
     channels, height, _ = data_shape(train_ds)
     k_classes = num_classes(train_ds)
     check_smoothing(recipe.label_smoothing, k_classes)
-    spec = resolve_spec(
-        recipe.model,
-        num_classes=k_classes,
-        data_channels=channels,
-        data_size=height,
-        image_size=recipe.image_size,
-        channels=recipe.channels,
-        options=recipe.model_options,
-    )
+    source = transformers_source(recipe.model)  # a transformers image classifier's directory, else None
+    if source is None:
+        spec = resolve_spec(
+            recipe.model,
+            num_classes=k_classes,
+            data_channels=channels,
+            data_size=height,
+            image_size=recipe.image_size,
+            channels=recipe.channels,
+            options=recipe.model_options,
+        )
+    elif recipe.model_options:
+        raise VortexError(
+            f"model_options {sorted(recipe.model_options)} do not apply to the transformers model '{recipe.model}' "
+            "(its config.json says what it is); drop them from the recipe"
+        )
+    else:
+        spec = transformers_spec(
+            source,
+            num_classes=k_classes,
+            data_size=height,
+            image_size=recipe.image_size,
+            channels=recipe.channels,
+            source=recipe.model,
+        )
     trusted = [*args.trust_code, *([args.model] if args.model else [])]  # what the user named, not a file
     criterion = PrivacyCriterion(min_mse=args.privacy_mse, attack=args.privacy_attack)
     base_dir, base_acc = None, None
-    if target is not None:  # refuse a bad target before any training (the baseline's included) starts
-        check_target(target, [s.name for s in split_model(build_model(spec, trust_code=trusted), spec).splits])
+    if target is not None or args.init_weights:  # refuse a bad target or init file before any training starts
+        first = build_model(spec, trust_code=trusted)
+        if target is not None:
+            check_target(target, [s.name for s in split_model(first, spec).splits])
+        if args.init_weights:
+            load_init_weights(first, args.init_weights)
     if process_state().is_main_process:  # one writer per output directory, from here on
         held.enter_context(locked(output_dir, "--output_dir"))
     if target is not None:
         base_dir, base_acc = baseline_accuracy(args, output_dir)
     set_seed(recipe.seed)
-    model = build_model(spec, trust_code=trusted)
+    model = load_transformers(source, spec, recipe.model) if source else build_model(spec, trust_code=trusted)
+    init_sha256 = load_init_weights(model, args.init_weights) if args.init_weights else None
+    if init_sha256:
+        log.info(f"initial weights: {args.init_weights} (sha256 {init_sha256[:12]})")
     sm = split_model(model, spec)
     split_names = [s.name for s in sm.splits]
 
@@ -387,7 +544,7 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             min_mse=criterion.min_mse,
         )
         online = OnlineAttacker(train_ds, probe_ds, image_size=spec.image_size, channels=spec.in_channels)
-        accelerator.print(
+        log.info(
             f"controller: target GPZ at split {target} ({split_names[target - 1]}), measuring every "
             f"{ctrl_cfg.every}-{ctrl_cfg.max_every} steps on {len(probe_ds)} held-out samples (rho, and an "
             f"online attack at split {target} that must reach MSE {criterion.min_mse})"
@@ -437,17 +594,17 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
         entry = controller.observe(
             step, [s.summary().rho for s in stats], acc, step / max(total_steps, 1), attack_mse=attack_mse
         )
-        accelerator.print(
-            f"step {step}: GPZ {entry['gpz']} (target {target}, lead {entry['ratio']:.2f}), online attack MSE "
-            f"at {target} {attack_mse:.4f}, probe accuracy {acc:.3f} -> {entry['decision']}"
+        log.info(
+            f"step {step}: GPZ {entry.gpz} (target {target}, lead {entry.ratio:.2f}), online attack MSE "
+            f"at {target} {attack_mse:.4f}, probe accuracy {acc:.3f} -> {entry.decision}"
         )
         if args.with_tracking:
             accelerator.log(
                 {
-                    "gpz": entry["gpz"],
+                    "gpz": entry.gpz,
                     "online_attack_mse": attack_mse,
-                    "lever/pull": entry["levers"]["pull"],
-                    "lever/hold": entry["levers"]["hold"],
+                    "lever/pull": entry.levers["pull"],
+                    "lever/hold": entry.levers["hold"],
                     "probe_accuracy": acc,
                 },
                 step=step,
@@ -457,7 +614,7 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
 
     # Resume: vortex's JSON state says how many optimiser steps were done and holds the controller
     fingerprint = run_fingerprint(
-        recipe.to_dict(), target, args.max_accuracy_drop, accelerator.num_processes, accumulation
+        recipe.to_dict(), target, args.max_accuracy_drop, accelerator.num_processes, accumulation, init_sha256
     )
 
     def save_state(step: int) -> None:
@@ -472,18 +629,27 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
     if args.resume_from_checkpoint:
         state_dir = find_resume_dir(output_dir, args.resume_from_checkpoint)
         saved = read_run_state(state_dir, fingerprint)
-        accelerator.print(f"resuming from {state_dir}")
+        log.info(f"resuming from {state_dir}")
         accelerator.load_state(str(state_dir))  # Accelerate's files: safetensors and weights_only loads
         step = int(saved["step"])
         if controller:
             controller.load_state_dict(saved["controller"])
         done = read_meta(output_dir) if is_checkpoint(output_dir) else {}
         if step >= total_steps and done.get("fingerprint") == fingerprint:
-            accelerator.print(
+            log.info(
                 f"{output_dir} holds this run, finished: nothing to resume (test accuracy {done['test_accuracy']:.4f})"
             )
             accelerator.end_training()
-            return TARGET_MISSED if done.get("target_reached") is False else 0
+            summary = done.get("controller")
+            return TrainResult(
+                output_dir,
+                TARGET_MISSED if done.get("target_reached") is False else 0,
+                done["test_accuracy"],
+                Profile.from_dict(done["profile"]),
+                ControllerSummary.from_dict(summary) if summary else None,
+                done.get("privacy"),
+                done.get("target_reached"),
+            )
 
     every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
     if every is not None and (every < 1 or every % accumulation):
@@ -493,6 +659,7 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
         )
     start_epoch, skip = divmod(step, steps_per_epoch)
     accuracy, started, measuring, optimizer_steps = None, time.perf_counter(), 0.0, 0
+    last_finite = "none yet"  # the last finite loss and its step, for the error a NaN / Inf loss gives
     net.train()
     for epoch in range(start_epoch, recipe.epochs):
         train_loader.set_epoch(epoch)
@@ -512,12 +679,11 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             step += 1
             value = loss.item()
             if not math.isfinite(value):
-                last = f"{running / batches:.4f} (mean of this epoch)" if batches else "none yet this epoch"
                 raise VortexError(
                     f"the training loss became {value} at step {step} (epoch {epoch + 1}); last finite loss "
-                    f"{last}. Lower the learning rate or the lever weights"
+                    f"{last_finite}. Lower the learning rate or the lever weights"
                 )
-            running, batches = running + value, batches + 1
+            running, batches, last_finite = running + value, batches + 1, f"{value:.4f} at step {step}"
             if controller and controller.due(step):
                 t0 = time.perf_counter()
                 measure(step)
@@ -525,7 +691,7 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             if every and step % every == 0:
                 save_state(step)
         accuracy = evaluate(net, test_loader, accelerator)
-        accelerator.print(
+        log.info(
             f"epoch {epoch + 1}/{recipe.epochs}: loss {running / max(batches, 1):.4f}, test accuracy {accuracy:.4f}"
         )
         if args.with_tracking:
@@ -538,14 +704,14 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
 
     # With a target: finish on a measurement; fall back to the best weights if the end missed it
     if controller:
-        if not controller.history or controller.history[-1]["step"] != step:
+        if not controller.history or controller.history[-1].step != step:
             measure(step)
-        if not controller.history[-1]["reached"] and controller.best and controller.best["step"] != step:
+        if not controller.history[-1].reached and controller.best and controller.best.step != step:
             accelerator.wait_for_everyone()
             load_model(model, str(output_dir / "best" / "model.safetensors"))
-            accelerator.print(
-                f"target missed at the end: restoring the closest point, step {controller.best['step']} "
-                f"(GPZ {controller.best['gpz']})"
+            log.info(
+                f"target missed at the end: restoring the closest point, step {controller.best.step} "
+                f"(GPZ {controller.best.gpz})"
             )
             accuracy = evaluate(net, test_loader, accelerator)
 
@@ -571,11 +737,15 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
         "gradient_accumulation_steps": accumulation,
         "optimizer_steps_this_session": optimizer_steps,
         "profile": profile,
-        "gpz": profile["gpz"],
+        "gpz": profile.gpz,
     }
+    if init_sha256:
+        meta["init_weights"] = {"path": str(args.init_weights), "sha256": init_sha256}
+    if source is not None and is_repo_id(recipe.model):
+        meta["base_model"] = recipe.model  # the Hub repo it was fine-tuned from (the card's base_model)
     status, verdict = 0, ""
     if controller:
-        reached = profile["gpz"]["index"]
+        reached = profile.gpz.index
         meta.update(
             {
                 "target_gpz": target,
@@ -626,20 +796,24 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
         )
         meta["target_reached"] = not problems
     if accelerator.is_main_process:
-        if controller:  # before the checkpoint, so its model card shows them
-            plot_vortex(controller.summary(), split_names, output_dir / "vortex.png")
+
+        def plots(directory: Path) -> None:
+            """The controller's plots, saved with the checkpoint (its model card shows them)."""
+            plot_vortex(controller.summary(), split_names, directory / "vortex.png")
             for a in attacks:
                 plot_reconstructions(
                     a.originals,
                     a.recons,
-                    output_dir / "privacy" / f"recon_split{a.index}.png",
+                    directory / "privacy" / f"recon_split{a.index}.png",
                     title=f"split {a.index} ({a.name}): attack MSE {a.metrics['mse']:.4f}",
                 )
-        save_checkpoint(output_dir, model, spec, split_names, meta=meta)  # + profile.json/png, halves, card
-        accelerator.print(profile_table(profile))
+
+        # + profile.json/png, halves, card: all replaced as one unit
+        save_checkpoint(output_dir, model, spec, split_names, meta=meta, extras=plots if controller else None)
+        log.info(profile_table(profile))
         if verdict:
-            accelerator.print(verdict)
-        accelerator.print(f"checkpoint written to {output_dir}")
+            log.info(verdict)
+        log.info(f"checkpoint written to {output_dir}")
     accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:  # the checkpoint is complete on disk first
         from vortex.hub.repo import publish
@@ -651,5 +825,13 @@ def run(args: argparse.Namespace, held: ExitStack) -> int:
             revision=args.hub_revision,
             trust_code=trusted,
         )
-        accelerator.print(done.summary(output_dir))
-    return status
+        log.info(done.summary(output_dir))
+    return TrainResult(
+        output_dir,
+        status,
+        accuracy,
+        profile,
+        controller.summary() if controller else None,
+        meta.get("privacy"),
+        meta.get("target_reached"),
+    )

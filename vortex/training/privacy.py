@@ -30,6 +30,7 @@ from vortex.core.splits import SplitModel, evaluating
 from vortex.data import make_loader, take
 from vortex.distributed import process_state
 from vortex.errors import VortexError
+from vortex.records import AttackResult
 
 RECOGNISABLE_MSE = 0.02
 
@@ -60,11 +61,11 @@ class PrivacyVerdict:
     target: int
     rho_gpz: int
     criterion: PrivacyCriterion
-    splits: list[dict[str, Any]] = field(default_factory=list)  # attack.json records, K-1 then K
+    splits: list[AttackResult] = field(default_factory=list)  # K-1 then K
 
     @property
     def mse_at_target(self) -> float:
-        return next(s["mse"] for s in self.splits if s["index"] == self.target)
+        return next(s.mse for s in self.splits if s.index == self.target)
 
     @property
     def protected(self) -> bool:
@@ -90,7 +91,7 @@ class PrivacyVerdict:
 
     def summary(self) -> str:
         """Attack MSE at K-1 and K, one line."""
-        parts = [f"split {s['index']} MSE {s['mse']:.4f}" for s in self.splits]
+        parts = [f"split {s.index} MSE {s.mse:.4f}" for s in self.splits]
         return f"{self.criterion.attack} attack: " + ", ".join(parts) + f" (protected at >= {self.criterion.min_mse})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +100,7 @@ class PrivacyVerdict:
             "target": self.target,
             "rho_gpz": self.rho_gpz,
             "criterion": asdict(self.criterion),
-            "splits": self.splits,
+            "splits": [s.to_dict() for s in self.splits],
             "protected": self.protected,
             "reached": self.reached,
         }
