@@ -284,3 +284,22 @@ def test_two_processes_split_the_work_and_give_the_single_process_numbers(checkp
             assert a[key] == pytest.approx(b[key], rel=1e-4), (a["index"], key)
     with Image.open(tmp_path / "two" / "recon_split8.png") as grid:  # written by the main process
         assert grid.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    "recipe,flags,same",
+    [
+        ({"dataset": "org/tiny", "dataset_config_name": "gray"}, ["--dataset_config_name", "gray"], True),
+        ({"dataset": "org/tiny", "dataset_config_name": "gray"}, ["--dataset_config_name", "rgb"], False),
+        ({"dataset": "org/tiny", "dataset_config_name": "gray"}, [], False),
+        ({"dataset": "org/tiny"}, [], True),
+        ({"dataset": "digits"}, [], False),  # another data set altogether
+        (None, [], True),  # no recipe (a profile from the Trainer callback): the name decides
+    ],
+)
+def test_a_stored_profile_and_unseen_rows_need_the_same_data_config(recipe, flags, same):
+    from vortex.cli.attack import same_data
+    from vortex.cli.main import build_parser
+
+    args = build_parser().parse_args(["attack", "--model", "m", "--dataset", "org/tiny", "--out", "o", *flags])
+    assert same_data(args, {"recipe": recipe} if recipe else {}) is same

@@ -112,6 +112,14 @@ def _note(message: str) -> None:
         print(f"vortex: note: {message}")
 
 
+def same_data(args: argparse.Namespace, meta: dict) -> bool:
+    """Whether the checkpoint was trained on the data this attack scores: its name and its Hub config."""
+    recipe = meta.get("recipe") or {}
+    return recipe.get("dataset", args.dataset) == args.dataset and (
+        recipe.get("dataset_config_name") == args.dataset_config_name
+    )
+
+
 def _a_priori_profile(args: argparse.Namespace, loaded: Any, private: Any, meta: dict) -> tuple[Profile | None, str]:
     """The checkpoint's stored profile when it matches this data and these splits, else a fresh one."""
     from vortex.core.probe import profile_model
@@ -120,6 +128,7 @@ def _a_priori_profile(args: argparse.Namespace, loaded: Any, private: Any, meta:
     if (
         stored
         and stored.dataset == args.dataset
+        and same_data(args, meta)
         and [s.name for s in stored.splits] == [s.name for s in loaded.split.splits]
     ):
         return stored, "checkpoint profile"
@@ -193,7 +202,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.attack != "optimize":
         aux_name = args.aux_dataset or args.dataset
         if aux_name == args.dataset:
-            aux, aux_source = unseen_train_rows(data["train"], meta, args.dataset)
+            aux, aux_source = unseen_train_rows(data["train"], meta if same_data(args, meta) else {}, args.dataset)
         else:
             aux, aux_source = load_data(aux_name, seed=args.data_seed)["train"], "train split"
         if data_shape(aux) != data_shape(test):
