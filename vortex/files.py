@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vortex.errors import VortexError
-from vortex.records import Record
+from vortex.records import to_plain
 
 LOCK = ".vortex.lock"  # held by the process writing into an output directory
 
@@ -45,16 +45,10 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
     def dump(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False, default=_record_dict)
+            json.dump(to_plain(obj), f, indent=2, allow_nan=False)
             f.write("\n")
 
     return write_atomic(path, dump)
-
-
-def _record_dict(obj: Any) -> dict[str, Any]:
-    if isinstance(obj, Record):
-        return obj.to_dict()
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_trust_code_option(parser: argparse.ArgumentParser, whose: str = "a checkpoint whose config names it") -> None:
@@ -41,3 +42,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label_column_name", "--label-column-name", help="the column holding the labels (default: guessed)"
     )
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`vortex.data.load_data`'s keyword arguments from the options of add_data_options and add_input_options."""
+    return {
+        "config_name": args.dataset_config_name,
+        "image_column": args.image_column_name,
+        "label_column": args.label_column_name,
+        "seed": args.data_seed,
+    }

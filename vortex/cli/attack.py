@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vortex.errors import ProfileError
-from vortex.options import add_data_options, add_input_options, add_trust_code_option
+from vortex.options import add_data_options, add_input_options, add_trust_code_option, data_options
 from vortex.records import Profile
 
 HELP = """\
@@ -173,13 +173,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     )
     get_attack(config.attack)  # an unknown attack or an unusable --out is refused before any work
     check_output_dir(args.out, "--out")
-    data = load_data(
-        args.dataset,
-        config_name=args.dataset_config_name,
-        image_column=args.image_column_name,
-        label_column=args.label_column_name,
-        seed=args.data_seed,
-    )
+    data = load_data(args.dataset, **data_options(args))
     test = data["test"]
     channels, height, _ = data_shape(test)
     loaded = load_model(

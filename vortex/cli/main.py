@@ -11,7 +11,7 @@ from vortex.cli.attack import add_attack_parser
 from vortex.cli.hub import add_export_parser, add_publish_parser, add_pull_parser
 from vortex.errors import VortexError
 from vortex.logs import show_logs
-from vortex.options import add_data_options, add_input_options, add_trust_code_option
+from vortex.options import add_data_options, add_input_options, add_trust_code_option, data_options
 
 DESCRIPTION = """\
 vortex: find where a vision model may be split for private edge-cloud inference.
@@ -101,14 +101,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from vortex.report.tables import profile_table
 
     check_output_dir(args.out, "--out")
-    data = load_data(  # --max-samples rows are chosen before any image is converted
-        args.dataset,
-        config_name=args.dataset_config_name,
-        image_column=args.image_column_name,
-        label_column=args.label_column_name,
-        seed=args.data_seed,
-        max_samples={args.data_split: args.max_samples},
-    )
+    # --max-samples rows are chosen before any image is converted
+    data = load_data(args.dataset, **data_options(args), max_samples={args.data_split: args.max_samples})
     if args.data_split not in data:
         raise VortexError(f"data set '{args.dataset}' has no split '{args.data_split}'; it has {list(data)}")
     ds = data[args.data_split]

@@ -34,6 +34,7 @@ CHECKPOINT_FILES = (
     CARD,
     *PARTS,
     ONNX_FILE,
+    PTE_FILE,
     "profile.json",
     "profile.png",
     "vortex.png",

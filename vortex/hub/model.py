@@ -22,11 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vortex.errors import HubError
 from vortex.files import write_json
 from vortex.hub.checkpoint import save_checkpoint, write_half
 from vortex.hub.layout import CONFIG, META, META_CONFIG, gpz_index, model_description, read_meta
-from vortex.hub.repo import _hub_exceptions, _reason, load_pretrained, publish, with_retries
+from vortex.hub.repo import commit_to_hub, load_pretrained, publish
 from vortex.models import ModelSpec
 
 
@@ -193,18 +192,14 @@ def _push_folder(
     commit_message: str | None,
 ) -> str:
     """Upload a saved half in one commit (creating the repo and branch if needed), retrying transient failures."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-
-    def push() -> str:
-        repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        if revision:
-            api.create_branch(repo, branch=revision, exist_ok=True)
-        message = commit_message or f"Upload the vortex {part} half"
-        return api.upload_folder(repo_id=repo, folder_path=folder, revision=revision, commit_message=message).commit_url
-
-    try:
-        return with_retries(push, f"push to {repo_id}")
-    except (ValueError, *_hub_exceptions()) as exc:
-        raise HubError(f"push of the {part} half to Hub repo '{repo_id}' failed: {_reason(exc)}; push again") from None
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    return commit_to_hub(
+        repo_id,
+        files,
+        token=token,
+        private=private,
+        revision=revision,
+        message=commit_message or f"Upload the vortex {part} half",
+        failure=f"push of the {part} half to Hub repo '{repo_id}' failed",
+        advice="Push again.",
+    )[1]

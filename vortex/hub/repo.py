@@ -505,8 +505,6 @@ def publish(
     (default: the recipe's, else "other"). A transformers model directory (save_pretrained, Trainer) is
     published as the vortex checkpoint it makes (`to_checkpoint`, in a temporary directory: it stays as it was).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-
     from vortex.hub.cards import render_card, write_card
 
     if is_transformers_model(directory):
@@ -553,27 +551,22 @@ def publish(
         files = files_to_publish(source, with_onnx)
         files = files if CARD in files else sorted([*files, CARD])
         size = sum(len(card) if f == CARD else (source / f).stat().st_size for f in files)
-        api = HfApi(token=token)
-        message = commit_message or f"Upload vortex checkpoint ({len(files)} files)"
         if dry_run:
             return Published(repo_id, revision or "main", "", files, size, meta.get("halves"))
-
-        def push() -> Published:
-            repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # the user's namespace if none
-            if revision:
-                api.create_branch(repo, branch=revision, exist_ok=True)
-            ops = [CommitOperationAdd(f, card if f == CARD else str(source / f)) for f in files]  # fresh each try
-            info = api.create_commit(repo, ops, commit_message=message, revision=revision)
-            return Published(repo, revision or "main", info.commit_url, files, size, meta.get("halves"))
-
-        try:
-            done = with_retries(push, f"push to {repo_id}", tries=tries, backoff=backoff)
-        except (ValueError, *_hub_exceptions()) as exc:
-            raise HubError(
-                f"push of '{root}' to Hub repo '{repo_id}' failed: {_reason(exc)}. Nothing was changed: the "
-                f"checkpoint is still complete in {root}; run `vortex publish {root} --repo-id {repo_id}` "
-                "again"
-            ) from None
+        repo, url = commit_to_hub(
+            repo_id,
+            {f: card if f == CARD else source / f for f in files},
+            token=token,
+            private=private,
+            revision=revision,
+            message=commit_message or f"Upload vortex checkpoint ({len(files)} files)",
+            failure=f"push of '{root}' to Hub repo '{repo_id}' failed",
+            advice=f"Nothing was changed: the checkpoint is still complete in {root}; run "
+            f"`vortex publish {root} --repo-id {repo_id}` again",
+            tries=tries,
+            backoff=backoff,
+        )
+        done = Published(repo, revision or "main", url, files, size, meta.get("halves"))
         if staged:  # what was pushed becomes the directory's: the new halves (and ONNX), configs and card
             for name in (*PARTS, CONFIG, META, CARD):
                 if not (source / name).exists():
@@ -582,6 +575,39 @@ def publish(
                     shutil.rmtree(root / name)
                 os.replace(source / name, root / name)
         return done
+
+
+def commit_to_hub(
+    repo_id: str,
+    files: dict[str, bytes | Path],
+    *,
+    token: str | None,
+    private: bool,
+    revision: str | None,
+    message: str,
+    failure: str,
+    advice: str,
+    tries: int = 3,
+    backoff: float = 2.0,
+) -> tuple[str, str]:
+    """Upload `files` (repo path -> content or local file) to `repo_id` in one commit, creating the repo (in
+    the user's namespace when it names none) and the branch; transient failures are retried. Returns the
+    repo id and the commit URL; a failure is one HubError line: `failure`, the reason, then `advice`."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=token)
+
+    def push() -> tuple[str, str]:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision:
+            api.create_branch(repo, branch=revision, exist_ok=True)
+        ops = [CommitOperationAdd(name, data if isinstance(data, bytes) else str(data)) for name, data in files.items()]
+        return repo, api.create_commit(repo, ops, commit_message=message, revision=revision).commit_url
+
+    try:
+        return with_retries(push, f"push to {repo_id}", tries=tries, backoff=backoff)
+    except (ValueError, *_hub_exceptions()) as exc:
+        raise HubError(f"{failure}: {_reason(exc)}. {advice}") from None
 
 
 def _hub_exceptions() -> tuple[type[BaseException], ...]:
