@@ -3,6 +3,7 @@
     python benchmarks/controller_privacy.py --recipe recipes/cnn_digits.yaml --targets 2 3 4 5 6 7
     python benchmarks/controller_privacy.py --targets 2 3 4 5 6 7 --budgets 0.01 0.02 0.05 --no-posthoc
     python benchmarks/controller_privacy.py --recipe recipes/resnet18_digits.yaml --targets 3 4
+    python benchmarks/controller_privacy.py --targets 3 4 6 --no-posthoc --controller decorrelate=0
 
 Trains the untargeted run once, then one run per K and accuracy budget (`--max-accuracy-drop`)
 against it. Per run it prints: where the rho transition landed (the indicator), the verdict
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+import yaml
 
 from vortex.attacks.base import AttackConfig
 from vortex.attacks.sweep import attack_splits
@@ -97,8 +100,19 @@ def main() -> None:
         help="accuracy budgets (--max-accuracy-drop) to train each K with (default: 0.02)",
     )
     p.add_argument("--plot", default="benchmarks/results/controller_privacy.png", help="where the frontier plot goes")
+    p.add_argument(
+        "--controller",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the recipe's controller settings for the targeted runs, e.g. decorrelate=0 pull=4",
+    )
     args = p.parse_args()
     recipe = load_recipe(args.recipe)
+    overrides = dict(item.split("=", 1) for item in args.controller)
+    targeted = load_recipe(
+        replace(recipe, controller={**recipe.controller, **{k: yaml.safe_load(v) for k, v in overrides.items()}})
+    )
     criterion = PrivacyCriterion(min_mse=args.privacy_mse)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
@@ -120,7 +134,7 @@ def main() -> None:
             out, start = root / f"k{k}_drop{budget}", time.perf_counter()
             run = train(
                 TrainConfig(
-                    recipe=args.recipe,
+                    recipe=targeted,
                     output_dir=out,
                     target_gpz=k,
                     baseline=root / "baseline",
@@ -154,6 +168,7 @@ def main() -> None:
         f"\n{args.recipe} on {recipe.dataset}"
         + (f", {args.epochs} epochs" if args.epochs else "")
         + f"; protected at attack MSE >= {args.privacy_mse}; untargeted accuracy {base_acc:.4f}"
+        + (f"; controller {' '.join(args.controller)}" if args.controller else "")
     )
     print(
         f"{'K':>3} {'budget':>7} {'rho GPZ':>8} {'post-hoc':>9} {'MSE@K targeted':>15} {'untargeted':>11} "

@@ -114,6 +114,62 @@ def test_decoder_learns_an_invertible_map_and_stops_early():
         fit_decoder(decoder, z, x, z, x, epochs=0, progress=False)
 
 
+def test_decoders_trained_together_learn_what_each_learns_alone():
+    """train_together interleaves the steps of several decoders (one stopping early): each ends with
+    the weights, epochs and held-out MSE it reaches when trained alone."""
+    from vortex.attacks.base import train_together
+    from vortex.attacks.decoder import DecoderTraining
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(100, 1, 8, 8, generator=g)
+    zs = [torch.cat([x, 1 - x], dim=1), torch.randn(100, 12, generator=g)]  # invertible, and noise
+    settings = [dict(epochs=6, patience=5, seed=3), dict(epochs=6, patience=1, seed=4)]
+
+    def run(i: int) -> DecoderTraining:
+        torch.manual_seed(i)
+        decoder = build_decoder(zs[i].shape[1:], (1, 8, 8), width=8)
+        return DecoderTraining(decoder, zs[i][:80], x[:80], zs[i][80:], x[80:], batch_size=16, **settings[i])
+
+    alone = []
+    for i in range(2):
+        t = run(i)
+        train_together([t], progress=False)
+        alone.append(t)
+    together = [run(0), run(1)]
+    train_together(together, progress=False)
+    for a, b in zip(alone, together):
+        assert (a.result.epochs_run, a.result.val_mse) == (b.result.epochs_run, b.result.val_mse)
+        for (name, wa), wb in zip(a.decoder.state_dict().items(), b.decoder.state_dict().values()):
+            assert torch.equal(wa, wb), name
+        assert b.seconds > 0
+    assert together[1].result.epochs_run < together[0].result.epochs_run == 6  # the second stopped early
+
+
+def test_a_split_attacked_with_others_gives_its_numbers_alone():
+    """The sweep trains the decoders of its splits together; what each split scores does not depend
+    on which others are attacked with it, and its record says how long its decoder computed."""
+    from vortex.attacks.base import AttackConfig
+    from vortex.attacks.sweep import attack_splits
+    from vortex.data import load_data
+    from vortex.models import ModelSpec, build_model, split_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", 10, 1, 8, {"width": 4})
+    sm = split_model(build_model(spec).eval(), spec)
+    data = load_data("digits")
+    private = take(data["test"], 24, seed=0)
+    config = AttackConfig(epochs=2, batch_size=16, progress=False)
+    run = lambda splits: attack_splits(sm, private, data["train"], splits, config, aux_samples=64)  # noqa: E731
+    both = run([1, 6])
+    alone = run([1]) + run([6])
+    for a, b in zip(both, alone):
+        assert (a.index, a.metrics, a.epochs_run, a.val_mse) == (b.index, b.metrics, b.epochs_run, b.val_mse)
+        assert torch.equal(a.recons, b.recons)
+        assert 0 < a.compute_seconds <= a.seconds
+        record = a.record()
+        assert record.compute_seconds == round(a.compute_seconds, 3) and record.seconds == round(a.seconds, 3)
+
+
 @pytest.mark.parametrize("edge", [nn.Identity(), nn.Conv2d(1, 3, 1), nn.Sequential(nn.Flatten(), nn.Linear(64, 96))])
 def test_rmle_recovers_the_input_through_a_linear_edge(edge):
     torch.manual_seed(0)

@@ -191,7 +191,8 @@ class AttackResult(Record):
     cosine: float
     num_images: int
     shape: list[int]
-    seconds: float
+    seconds: float  # on this split alone: preparing its attack, its share of the training, inverting, scoring
+    compute_seconds: float | None = optional()  # of which its model: training steps, held-out checks, inversion
     epochs_run: int | None = optional()  # learned attacks
     aux_val_mse: float | None = optional()
     rho: float | None = optional()  # the profile's rho at this split, when there is one

@@ -4,6 +4,11 @@
     attack.fit(edge, aux)          # aux: (z, x) pairs of the attacker's own images, or None
     images = attack.invert(z)      # [N, C, H, W] in [0, 1]
 
+An attack that trains in epochs of minibatch steps (the decoder attacks) can also hand its
+training over as a `Training` (`fit_stepwise`): a sweep then trains the attacks of all its splits
+together (`train_together`), one pass over the auxiliary data per epoch with every split's step
+taken in turn, instead of one split after the other.
+
 Built-in attacks register themselves by name (`decoder`, `enhanced`, `optimize`). A user's
 attack is a subclass named on the command line as `package.module:Class`
 (`vortex attack --attack mypkg.attacks:MyAttack`): code vortex imports because the user named it.
@@ -11,12 +16,15 @@ attack is a subclass named on the command line as `package.module:Class`
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from vortex.errors import AttackError
 
@@ -82,6 +90,64 @@ class Attack(ABC):
     @abstractmethod
     def invert(self, z: torch.Tensor) -> torch.Tensor:
         """Images rebuilt from z, on the CPU, in [0, 1]."""
+
+    def fit_stepwise(self, edge: nn.Module, aux: AuxPairs | None) -> Training | None:
+        """Do what `fit` does before training and return the training, for `train_together` to run
+        with other splits'; the attack is fitted once it has run. None (the default): this attack
+        is fitted in one go by `fit`. A subclass that overrides `fit` overrides this too."""
+        return None
+
+
+class Training(ABC):
+    """An attack's training in epochs of minibatch steps, run by `train_together`. `seconds`: the
+    compute it has taken so far (its steps and end-of-epoch work)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @abstractmethod
+    def begin_epoch(self) -> int:
+        """Start the next epoch (shuffle); its number of steps."""
+
+    @abstractmethod
+    def step(self, i: int) -> None:
+        """Minibatch step `i` of the epoch."""
+
+    @abstractmethod
+    def end_epoch(self) -> bool:
+        """Finish the epoch (held-out check, learning-rate schedule); True when training is over
+        (then the attack holds its result)."""
+
+    def postfix(self) -> dict[str, Any]:
+        """What a progress bar shows of this training alone."""
+        return {}
+
+
+def _timed(training: Training, method: Any, *args: Any) -> Any:
+    start = time.perf_counter()
+    try:
+        return method(*args)
+    finally:
+        training.seconds += time.perf_counter() - start
+
+
+def train_together(trainings: Sequence[Training], *, desc: str = "training", progress: bool = True) -> None:
+    """Run `trainings` to their end in lock step: each epoch every unfinished one takes its step
+    i in turn, for i over the epoch, so the attacks of all splits share one pass over the
+    auxiliary data. Each keeps its own model, optimiser and random state, so what it learns does
+    not depend on which others run beside it."""
+    active = list(trainings)
+    bar = tqdm(desc=desc, unit="epoch", leave=False, disable=not progress)
+    while active:
+        steps = [_timed(t, t.begin_epoch) for t in active]
+        for i in range(max(steps)):
+            for t, n in zip(active, steps):
+                if i < n:
+                    _timed(t, t.step, i)
+        active = [t for t in active if not _timed(t, t.end_epoch)]
+        bar.update()
+        bar.set_postfix(trainings[0].postfix() if len(trainings) == 1 else {"training": len(active)})
+    bar.close()
 
 
 REGISTRY: dict[str, type[Attack]] = {}

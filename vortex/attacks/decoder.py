@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from vortex.attacks.base import Attack, AuxPairs, register
+from vortex.attacks.base import Attack, AuxPairs, Training, register, train_together
 from vortex.attacks.enhance import AttentionBlock, FeatureNorm, FFTAmplitude
 from vortex.attacks.prepare import ClassCentring, Standardize, doubled
 from vortex.errors import AttackError
@@ -175,6 +174,82 @@ def _mse(decoder: nn.Module, z: torch.Tensor, x: torch.Tensor, batch_size: int, 
     return total / x.numel()
 
 
+class DecoderTraining(Training):
+    """Training of one decoder on (z, x) pairs with pixel MSE, keeping the weights best on the
+    held-out pairs; stops after `patience` epochs without a better held-out MSE. Batches are
+    shuffled by its own generator seeded with `seed`, so a run is repeatable whatever trains beside
+    it. `on_done` receives the FitResult."""
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        z_train: torch.Tensor,
+        x_train: torch.Tensor,
+        z_val: torch.Tensor,
+        x_val: torch.Tensor,
+        *,
+        epochs: int,
+        batch_size: int = 64,
+        lr: float = 2e-3,
+        patience: int = 5,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        desc: str = "decoder",
+        on_done: Callable[[FitResult], None] | None = None,
+    ):
+        super().__init__()
+        if epochs < 1:
+            raise AttackError(f"--epochs must be at least 1, got {epochs}")
+        self.device = torch.device(device)
+        self.decoder = decoder.to(self.device)
+        self.z_train, self.x_train, self.z_val, self.x_val = z_train, x_train, z_val, x_val
+        self.epochs, self.batch_size, self.patience = epochs, batch_size, patience
+        self.desc, self.on_done = desc, on_done
+        self.optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.val, self.best, self.best_epoch = 0, math.nan, math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.order = torch.empty(0, dtype=torch.long)
+        self.result: FitResult | None = None
+
+    def begin_epoch(self) -> int:
+        self.epoch += 1
+        self.decoder.train()
+        self.order = torch.randperm(len(self.z_train), generator=self.generator)
+        return len(range(0, len(self.order) - 1, self.batch_size))  # a last batch of one would break BatchNorm
+
+    def step(self, i: int) -> None:
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        loss = F.mse_loss(self.decoder(self.z_train[idx].to(self.device)), self.x_train[idx].to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def end_epoch(self) -> bool:
+        self.scheduler.step()
+        self.val = _mse(self.decoder, self.z_val, self.x_val, 4 * self.batch_size, self.device)
+        if self.val < self.best:
+            self.best, self.best_state, self.best_epoch = self.val, copy.deepcopy(self.decoder.state_dict()), self.epoch
+        if self.epoch < self.epochs and self.epoch - self.best_epoch < self.patience:
+            return False
+        if self.best_state is None:
+            raise AttackError(
+                f"{self.desc}: decoder training diverged (held-out MSE is not finite); "
+                "check that z is finite at this split"
+            )
+        self.decoder.load_state_dict(self.best_state)
+        self.decoder.eval()
+        self.best_state = None
+        self.result = FitResult(self.decoder, self.epoch, self.best)
+        if self.on_done is not None:
+            self.on_done(self.result)
+        return True
+
+    def postfix(self) -> dict[str, str]:
+        return {"val_mse": f"{self.val:.4f}", "best": f"{self.best:.4f}"}
+
+
 def fit_decoder(
     decoder: nn.Module,
     z_train: torch.Tensor,
@@ -191,44 +266,24 @@ def fit_decoder(
     desc: str = "decoder",
     progress: bool = True,
 ) -> FitResult:
-    """Train `decoder` on (z, x) pairs with pixel MSE; keep the weights best on the held-out pairs.
-
-    Stops after `patience` epochs without a better held-out MSE. Batches are shuffled by a
-    generator seeded with `seed`, so a run is repeatable.
-    """
-    if epochs < 1:
-        raise AttackError(f"--epochs must be at least 1, got {epochs}")
-    device = torch.device(device)
-    decoder.to(device)
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    generator = torch.Generator().manual_seed(seed)
-    best, best_state, best_epoch = math.inf, None, 0
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", leave=False, disable=not progress)
-    for epoch in bar:
-        decoder.train()
-        order = torch.randperm(len(z_train), generator=generator)
-        for i in range(0, len(order) - 1, batch_size):  # a last batch of one would break BatchNorm
-            idx = order[i : i + batch_size]
-            loss = F.mse_loss(decoder(z_train[idx].to(device)), x_train[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        val = _mse(decoder, z_val, x_val, 4 * batch_size, device)
-        if val < best:
-            best, best_state, best_epoch = val, copy.deepcopy(decoder.state_dict()), epoch
-        bar.set_postfix(val_mse=f"{val:.4f}", best=f"{best:.4f}")
-        if epoch - best_epoch >= patience:
-            break
-    bar.close()
-    if best_state is None:
-        raise AttackError(
-            f"{desc}: decoder training diverged (held-out MSE is not finite); check that z is finite at this split"
-        )
-    decoder.load_state_dict(best_state)
-    decoder.eval()
-    return FitResult(decoder, epoch, best)
+    """Train `decoder` alone (a `DecoderTraining`); the weights best on the held-out pairs."""
+    training = DecoderTraining(
+        decoder,
+        z_train,
+        x_train,
+        z_val,
+        x_val,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        device=device,
+        desc=desc,
+    )
+    train_together([training], desc=desc, progress=progress)
+    assert training.result is not None
+    return training.result
 
 
 @register
@@ -241,6 +296,10 @@ class DecoderAttack(Attack):
     enhanced = False
 
     def fit(self, edge: nn.Module, aux: AuxPairs | None) -> None:
+        train_together([self.fit_stepwise(edge, aux)], desc=self.desc, progress=self.config.progress)
+
+    def fit_stepwise(self, edge: nn.Module, aux: AuxPairs | None) -> DecoderTraining:
+        """Standardise and centre z, build the decoder; the training that fits it."""
         if aux is None:
             raise AttackError(f"the {self.name} attack needs auxiliary images")
         c = self.config
@@ -258,9 +317,8 @@ class DecoderAttack(Attack):
             prepare.append(ClassCentring.fit(centred, c.clusters, axis=axis, seed=self.seed))
             z_shape = doubled(z_shape, axis)
         decoder = build_decoder(z_shape, self.image_shape, width=c.width, enhanced=self.enhanced)
-        model = nn.Sequential(*prepare, decoder)
-        fit = fit_decoder(
-            model,
+        return DecoderTraining(
+            nn.Sequential(*prepare, decoder),
             aux.z_train,
             aux.x_train,
             aux.z_val,
@@ -272,8 +330,10 @@ class DecoderAttack(Attack):
             seed=self.seed,
             device=c.device,
             desc=self.desc,
-            progress=c.progress,
+            on_done=self._fitted,
         )
+
+    def _fitted(self, fit: FitResult) -> None:
         self.decoder, self.epochs_run, self.val_mse = fit.decoder, fit.epochs_run, fit.val_mse
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from vortex.errors import AttackError
 
 METRICS = ("mse", "psnr", "ssim", "cosine")
+MIN_SIDE = 6  # SSIM pads each side by half its 11-pixel window
 MAX_PSNR = 100.0  # dB reported for an exact reconstruction (true PSNR is infinite; JSON has no inf)
 
 
@@ -20,6 +21,11 @@ def image_metrics(recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.
         raise AttackError(
             f"reconstructions {tuple(recon.shape)} and images {tuple(target.shape)} must be "
             "[B, C, H, W] batches of the same shape"
+        )
+    if min(target.shape[-2:]) < MIN_SIDE:
+        raise AttackError(
+            f"images of {target.shape[-2]}x{target.shape[-1]} pixels are too small for SSIM's 11-pixel window "
+            f"(at least {MIN_SIDE} a side); resize them with --image-size"
         )
     recon, target = recon.detach().double().clamp(0, 1), target.detach().double()
     mse = (recon - target).pow(2).flatten(1).mean(1)

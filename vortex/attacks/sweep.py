@@ -3,13 +3,16 @@
 The attacker's data never meets the scored images: decoders train on auxiliary images (by
 default the train split, minus the rows the checkpoint was trained on when it says which)
 with a held-out part of them for early stopping, and are scored on private images of the
-test split. With several processes (torchrun / accelerate launch) each attacks its own
-splits and the results are gathered on the main process.
+test split. The decoders of all splits train together, one pass over the auxiliary data per
+epoch (vortex.attacks.base.train_together), each with its own optimiser and seeds, so a split's
+result does not depend on which others are attacked with it. With several processes (torchrun /
+accelerate launch) each attacks its own splits and the results are gathered on the main process.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import time
@@ -22,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vortex import __version__
-from vortex.attacks.base import REGISTRY, Attack, AttackConfig, AuxPairs
+from vortex.attacks.base import REGISTRY, Attack, AttackConfig, AuxPairs, Training, train_together
 from vortex.attacks.decoder import DecoderAttack, EnhancedAttack
 from vortex.attacks.metrics import image_metrics, summarize
 from vortex.attacks.optimize import OptimizeAttack
@@ -38,10 +41,16 @@ MIN_AUX_IMAGES = 32  # enough to train on and hold out 8 for early stopping
 MIN_VAL_IMAGES = 8
 EVAL_BATCH = 256
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class SplitAttack:
-    """The outcome at one split: mean metrics, held-out MSE, cost, and images for the grid."""
+    """The outcome at one split: mean metrics, held-out MSE, cost, and images for the grid.
+
+    `seconds` is the time spent on this split alone (preparing its attack, its share of the
+    training, inverting and scoring); `compute_seconds` the part of it the attack's model took
+    (decoder training steps, held-out checks and inversion)."""
 
     index: int
     name: str
@@ -52,6 +61,7 @@ class SplitAttack:
     recons: torch.Tensor = field(repr=False)
     epochs_run: int | None = None
     val_mse: float | None = None
+    compute_seconds: float | None = None
 
     def record(self) -> AttackResult:
         """The attack.json entry for this split."""
@@ -61,6 +71,7 @@ class SplitAttack:
             **self.metrics,
             shape=list(self.shape),
             seconds=round(self.seconds, 3),
+            compute_seconds=None if self.compute_seconds is None else round(self.compute_seconds, 3),
             epochs_run=self.epochs_run,
             aux_val_mse=self.val_mse if self.epochs_run is not None else None,
         )
@@ -198,33 +209,64 @@ def get_attack(name: str) -> type[Attack]:
     return cls
 
 
-def _attack_one(
+def _attack_group(
     sm: SplitModel,
-    k: int,
+    group: Sequence[int],
     config: AttackConfig,
     x_priv: torch.Tensor,
-    z_priv: torch.Tensor,
-    aux: AuxPairs | None,
-) -> SplitAttack:
-    start, name = time.perf_counter(), sm.splits[k - 1].name
-    attack = get_attack(config.attack)(
-        config, tuple(x_priv.shape[1:]), seed=config.seed + k, desc=f"split {k} ({name})"
-    )
-    attack.fit(sm.edge(k), aux)
-    recon = attack.invert(z_priv)
-    metrics = summarize(image_metrics(recon, x_priv))
-    g = config.grid_images
-    return SplitAttack(
-        k,
-        name,
-        list(z_priv.shape[1:]),
-        metrics,
-        time.perf_counter() - start,
-        x_priv[:g].clone(),
-        recon[:g].clone(),
-        attack.epochs_run,
-        attack.val_mse,
-    )
+    z_priv: dict[int, torch.Tensor],
+    aux_z: dict[int, AuxPairs] | None,
+) -> list[SplitAttack]:
+    """Attack each split of `group` and score it; attacks that train in steps train together."""
+    attacks: dict[int, Attack] = {}
+    trainings: dict[int, Training] = {}
+    own = dict.fromkeys(group, 0.0)  # seconds spent on each split alone
+    compute = dict.fromkeys(group, 0.0)
+    for k in group:
+        start, name = time.perf_counter(), sm.splits[k - 1].name
+        attack = get_attack(config.attack)(
+            config, tuple(x_priv.shape[1:]), seed=config.seed + k, desc=f"split {k} ({name})"
+        )
+        aux = aux_z.pop(k) if aux_z else None
+        training = attack.fit_stepwise(sm.edge(k), aux)
+        if training is None:
+            fit_start = time.perf_counter()
+            attack.fit(sm.edge(k), aux)
+            compute[k] += time.perf_counter() - fit_start
+        else:
+            trainings[k] = training
+        attacks[k] = attack
+        own[k] += time.perf_counter() - start
+    if trainings:
+        desc = attacks[next(iter(trainings))].desc if len(trainings) == 1 else f"{len(trainings)} splits together"
+        train_together(list(trainings.values()), desc=desc, progress=config.progress)
+        for k, training in trainings.items():
+            own[k] += training.seconds
+            compute[k] += training.seconds
+    results = []
+    for k in group:
+        start = time.perf_counter()
+        attack, z = attacks.pop(k), z_priv.pop(k)
+        recon = attack.invert(z)
+        compute[k] += time.perf_counter() - start
+        metrics = summarize(image_metrics(recon, x_priv))
+        g = config.grid_images
+        own[k] += time.perf_counter() - start
+        results.append(
+            SplitAttack(
+                k,
+                sm.splits[k - 1].name,
+                list(z.shape[1:]),
+                metrics,
+                own[k],
+                x_priv[:g].clone(),
+                recon[:g].clone(),
+                attack.epochs_run,
+                attack.val_mse,
+                compute[k],
+            )
+        )
+    return results
 
 
 def attack_splits(
@@ -243,8 +285,10 @@ def attack_splits(
 
     Decoder attacks train on a seeded sample of `aux` (at most `aux_samples`), stopping early on
     its held-out part. Features of all splits come from one pass over each data set, or a few
-    passes when they do not fit in `config.feature_memory` together.
+    passes when they do not fit in `config.feature_memory` together; the decoders of the splits
+    of one pass train together, one pass over the auxiliary data per epoch.
     """
+    start = time.perf_counter()
     state = process_state()
     device = torch.device(device or state.device)
     config = replace(config, device=str(device))
@@ -268,8 +312,15 @@ def attack_splits(
             x_tr, z_tr = extract_features(sm, aux_parts[0], group, desc="aux features", **kw)
             x_val, z_val = extract_features(sm, aux_parts[1], group, desc="aux held-out features", **kw)
             aux_z = {k: AuxPairs(z_tr[k], x_tr, z_val[k], x_val) for k in group}
-        for k in group:
-            results.append(_attack_one(sm, k, config, x_priv, z_priv.pop(k), aux_z and aux_z.pop(k)))
+        results += _attack_group(sm, group, config, x_priv, z_priv, aux_z)
+    log.info(
+        "attacked %d split%s in %.1f s, of which %.1f s the %s attack's own compute (training, inversion)",
+        len(results),
+        "" if len(results) == 1 else "s",
+        time.perf_counter() - start,
+        sum(r.compute_seconds or 0.0 for r in results),
+        config.attack,
+    )
     if state.num_processes > 1:
         from accelerate.utils import gather_object
 

@@ -268,6 +268,7 @@ class SplitModel(nn.Module):
     def _graph_module(self, graph: fx.Graph) -> fx.GraphModule:
         gm = fx.GraphModule(self.model, graph)
         gm.graph.eliminate_dead_code()
+        gm = fx.GraphModule(self.model, gm.graph)  # again: it copies only what the pruned graph still reads
         gm.graph.lint()
         gm.recompile()
         return gm

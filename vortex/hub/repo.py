@@ -5,7 +5,9 @@
 
 Every Hub call goes through huggingface_hub, so HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE and
 HF_HUB_OFFLINE=1 work as usual. Weights load from safetensors only; pickle files and custom
-(code-defined) architectures in a downloaded repo are refused.
+(code-defined) architectures in a downloaded repo are refused. Downloads and pushes that meet transient
+failures (408, 429, 5xx, timeouts, dropped connections) are tried again: RETRY_TRIES tries in all, the
+first retry after RETRY_BACKOFF seconds, each next one after twice the wait before it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ PATTERNS: dict[str, list[str] | None] = {
     "full": None,
 }
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+RETRY_TRIES = 3  # tries of a Hub download or push that meets transient failures (`with_retries`)
+RETRY_BACKOFF = 2.0  # seconds before the first retry, doubled before each next one
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -121,7 +125,12 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     )
 
     try:
-        yield
+        try:
+            yield
+        except LocalEntryNotFoundError as exc:  # snapshot_download's wrapping of a request that failed: say which
+            if exc.__cause__ is not None and _is_transient(exc.__cause__):
+                raise exc.__cause__ from None
+            raise
     except GatedRepoError:
         raise HubError(
             f"Hub repo '{repo_id}' is gated: accept its conditions on the Hub and log in (`hf auth login` or HF_TOKEN)"
@@ -182,7 +191,7 @@ def download(
     description is there). The repo is refused if it holds pickle files, is not a vortex checkpoint,
     or names a custom (non built-in) architecture the caller did not trust by name: that would mean
     importing code a download names. `token`, `local_files_only` and `force_download` are
-    huggingface_hub's.
+    huggingface_hub's. Transient failures are retried (`with_retries`), then reported as one HubError line.
     """
     from huggingface_hub import HfApi, constants, snapshot_download
 
@@ -207,13 +216,17 @@ def download(
             )
         )
 
-    with _hub_errors(repo_id, revision):
+    def fetch_all() -> Path:
         if not (constants.is_offline_mode() or local_files_only):
             info = HfApi(token=token).model_info(repo_id, revision=revision or "main")
             _refuse_unsafe(repo_id, [s.rfilename for s in info.siblings or []])
         path = fetch(patterns)
         if patterns is not None and META not in patterns and not model_description(path):
             path = fetch([*patterns, META])  # a transformers config.json: the model description is in vortex.json
+        return path
+
+    with _hub_errors(repo_id, revision):
+        path = with_retries(fetch_all, f"download of {repo_id}")
     _check_vortex(path, repo_id, part, remote=True, trust_code=trust_code)
     return path
 
@@ -271,7 +284,10 @@ def fetch_model(repo_id: str, revision: str | None = None, trust_code: Sequence[
 
     def fetch(patterns: list[str]) -> Path:
         with _hub_errors(repo_id, revision):
-            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+            return with_retries(
+                lambda: Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns)),
+                f"download of {repo_id}",
+            )
 
     if not is_transformers_model(fetch([CONFIG, META])):
         return fetch_checkpoint(repo_id, revision, trust_code)
@@ -449,15 +465,21 @@ def files_to_publish(directory: str | Path, with_onnx: bool = False) -> list[str
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    if isinstance(exc, LocalEntryNotFoundError):  # snapshot_download's wrapping of a failed request, if one failed
+        return exc.__cause__ is not None and _is_transient(exc.__cause__)
     if isinstance(exc, HfHubHTTPError):
         return exc.response is not None and exc.response.status_code in TRANSIENT_STATUS
     return isinstance(exc, _transport_errors())
 
 
-def with_retries(action: Callable[[], T], what: str, *, tries: int = 3, backoff: float = 2.0) -> T:
-    """Run `action`, retrying transient Hub failures (5xx, 429, timeouts) with exponential backoff."""
+def with_retries(action: Callable[[], T], what: str, *, tries: int | None = None, backoff: float | None = None) -> T:
+    """Run `action`, retrying transient Hub failures (408, 429, 5xx, timeouts, dropped connections) with
+    exponential backoff: `tries` in all (default RETRY_TRIES), `backoff` seconds before the first retry
+    (default RETRY_BACKOFF), doubled before each next one."""
+    tries = RETRY_TRIES if tries is None else tries
+    backoff = RETRY_BACKOFF if backoff is None else backoff
     attempt = 1
     while True:
         try:
@@ -467,7 +489,7 @@ def with_retries(action: Callable[[], T], what: str, *, tries: int = 3, backoff:
                 raise
             wait = backoff * 2 ** (attempt - 1)
             log.warning(
-                "%s failed (%s); retrying in %.0fs (try %d of %d)",
+                "%s failed (%s); retrying in %.3gs (try %d of %d)",
                 what,
                 str(exc).splitlines()[0],
                 wait,
@@ -487,8 +509,8 @@ def publish(
     commit_message: str | None = None,
     split: int | str | None = None,
     token: str | None = None,
-    tries: int = 3,
-    backoff: float = 2.0,
+    tries: int | None = None,
+    backoff: float | None = None,
     trust_code: Sequence[str] = (),
     dry_run: bool = False,
     with_onnx: bool = False,
@@ -587,8 +609,8 @@ def commit_to_hub(
     message: str,
     failure: str,
     advice: str,
-    tries: int = 3,
-    backoff: float = 2.0,
+    tries: int | None = None,
+    backoff: float | None = None,
 ) -> tuple[str, str]:
     """Upload `files` (repo path -> content or local file) to `repo_id` in one commit, creating the repo (in
     the user's namespace when it names none) and the branch; transient failures are retried. Returns the

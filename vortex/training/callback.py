@@ -10,17 +10,20 @@ Each checkpoint-N the Trainer saves gets profile.json and vortex.json (splits, i
 GPZ, and with a target the controller's state and history); OUTPUT_DIR gets the final ones at the end.
 `vortex probe / attack / publish` take such a directory as the model (vortex/hub/hf_classifier.py).
 
-Why `attach(trainer)`: a callback's `on_log` runs after the reporting integrations (they are
-registered first) and `on_evaluate` after the evaluation metrics were logged, so the values
-are logged through `trainer.log`, which needs the trainer. The GPZ levers are terms of the
-loss on intermediate features: `attach` installs `compute_loss` as the Trainer's
-`compute_loss_func` (a documented argument); forward hooks hand it z at splits K-1 and K.
+Profiling needs no more than `Trainer(callbacks=[VortexCallback(probe_ds)])` (or `trainer.add_callback`).
+A callback's `on_log` runs after the reporting integrations (they are registered first) and
+`on_evaluate` after the evaluation metrics were logged, so the values must go through `trainer.log`:
+a callback is not handed its Trainer, so VortexCallback takes the one whose callback handler is
+calling it (the first event it gets, `on_init_end` or `on_train_begin`). Steering needs `attach(trainer)`:
+the GPZ levers are terms of the loss on intermediate features, and `attach` installs `compute_loss` as
+the Trainer's `compute_loss_func` (a documented argument); forward hooks hand it z at splits K-1 and K.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +131,8 @@ class VortexCallback(TrainerCallback):
         self.dataset_name, self.sketch_dim = dataset_name, sketch_dim
         self.config = ControllerConfig.from_dict({**(controller or {}), **({"every": every} if every else {})})
         self.baseline_accuracy, self.max_accuracy_drop = baseline_accuracy, max_accuracy_drop
-        self.trainer = None
+        self.trainer = None  # set by attach(): the Trainer whose loss vortex owns
+        self._logger: Any = None  # the Trainer that runs this callback: its `log` reaches every tracker
         self.controller: GPZController | None = None
         self.last_profile: Profile | None = None
         self._sm: HookSplitModel | None = None
@@ -159,6 +163,23 @@ class VortexCallback(TrainerCallback):
             trainer.compute_loss_func = self.compute_loss
         self._split_model(trainer.model)
         return self
+
+    def _find_trainer(self) -> None:
+        """The Trainer calling this event (CallbackHandler.call_event calls it from a Trainer method): a callback
+        passed in `callbacks=[...]` is not handed its Trainer, and the trackers only see what `Trainer.log` logs."""
+        if self.trainer is not None or (self._logger is not None and self in self._logger.callback_handler.callbacks):
+            return
+        from transformers import Trainer
+
+        frame = sys._getframe(1)
+        for _ in range(8):  # this event <- call_event <- handler.on_... <- the Trainer's method
+            if frame is None:
+                return
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, Trainer) and self in owner.callback_handler.callbacks:
+                self._logger = owner
+                return
+            frame = frame.f_back
 
     def _require_trainer(self) -> None:
         """Steering changes the Trainer's loss, which a callback passed in `callbacks=[...]` cannot do."""
@@ -251,9 +272,9 @@ class VortexCallback(TrainerCallback):
     ) -> Profile:
         """Profile now (once per step), let the controller decide if asked, and log the values.
 
-        Attached, the values go through `trainer.log` (so every `report_to` tracker gets them);
-        passed in `callbacks=[...]`, into `state.log_history`; during an evaluation also into the
-        metrics `trainer.evaluate()` returns.
+        The values go through the Trainer's `log` (so `state.log_history` and every `report_to` tracker get
+        them; straight into `state.log_history` when no Trainer was found); during an evaluation also into
+        the metrics `trainer.evaluate()` returns.
         """
         step = state.global_step
         if self._measured_step == step and not observe:
@@ -268,8 +289,9 @@ class VortexCallback(TrainerCallback):
             entry = self.controller.observe(step, profile.rho(), profile.accuracy, step / max(state.max_steps, 1))
             self.controller.is_better(entry)
             logs.update({"lever/pull": entry.levers["pull"], "lever/hold": entry.levers["hold"]})
-        if self.trainer is not None:
-            self.trainer.log(logs)
+        trainer = self.trainer or self._logger
+        if trainer is not None:
+            trainer.log(logs)
         else:
             state.log_history.append({**logs, "step": step})
         if metrics is not None:
@@ -324,7 +346,11 @@ class VortexCallback(TrainerCallback):
 
     # ---- Trainer events -----------------------------------------------------------------------
 
+    def on_init_end(self, args, state, control, **kwargs):
+        self._find_trainer()
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._find_trainer()  # added after the Trainer was made
         self._require_trainer()
         sm = self._split_model(model)
         if self.controller is not None:

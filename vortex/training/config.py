@@ -1,4 +1,10 @@
-"""Training recipes: YAML files in recipes/ read into a checked dataclass."""
+"""Training recipes (YAML files in recipes/ read into a checked dataclass) and the settings that override them.
+
+`vortex train`'s options are dataclass fields, each defined once with its help and aliases; the command
+line parser is generated from them by `transformers.HfArgumentParser` (vortex/training/loop.py). The fields
+below name, in their metadata, the recipe key they override (`recipe`): the YAML recipe gives the values,
+and a field that is not None on the command line (or in a `TrainConfig`) wins.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +52,100 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _override(recipe_key: str, text: str, *aliases: str, **argparse_options: Any) -> Any:
+    """A setting that overrides the recipe's `recipe_key` (None: keep the recipe's); `aliases` are older flag names."""
+    metadata = {"recipe": recipe_key, "help": text, **argparse_options}
+    if aliases:
+        metadata["aliases"] = list(aliases)
+    return field(default=None, metadata=metadata)
+
+
+@dataclass(kw_only=True)
+class ModelArguments:
+    """Which network to train."""
+
+    _argument_group_name = "model"
+
+    model: str | None = _override(
+        "model",
+        "override the recipe's model: a built-in name, package.module:function, or a transformers image "
+        "classifier (a directory written by save_pretrained or transformers.Trainer, or a Hub repo id)",
+        metavar="MODEL",
+    )
+
+
+@dataclass(kw_only=True)
+class DataArguments:
+    """Which images, with the HF example scripts' flag names."""
+
+    _argument_group_name = "data"
+
+    dataset_name: str | None = _override(
+        "dataset",
+        "override the recipe's data set: a built-in, an image folder, a .parquet file or a Hub dataset id",
+        "--dataset",
+        metavar="DATASET",
+    )
+    dataset_config_name: str | None = _override(
+        "dataset_config_name", "the config of a Hub dataset with several (e.g. 'gray')", metavar="NAME"
+    )
+    image_column_name: str | None = _override(
+        "image_column_name", "the column holding the images (default: guessed)", metavar="COLUMN"
+    )
+    label_column_name: str | None = _override(
+        "label_column_name", "the column holding the labels (default: guessed)", metavar="COLUMN"
+    )
+    max_train_samples: int | None = _override(
+        "max_train_samples",
+        "train on N samples of the train split (a seeded choice, made before any image is converted)",
+        metavar="N",
+    )
+
+
+@dataclass(kw_only=True)
+class OptimArguments:
+    """How to train: epochs, batches, optimiser, schedule, smoothing, seed."""
+
+    _argument_group_name = "optimisation"
+
+    num_train_epochs: int | None = _override(
+        "epochs", "override the recipe's number of epochs", "--epochs", metavar="EPOCHS"
+    )
+    per_device_train_batch_size: int | None = _override(
+        "batch_size", "override the recipe's batch size (per process)", "--batch_size", metavar="N"
+    )
+    gradient_accumulation_steps: int | None = _override(
+        "gradient_accumulation_steps",
+        "batches per optimiser step (default: the recipe's, or ACCELERATE_GRADIENT_ACCUMULATION_STEPS)",
+        metavar="N",
+    )
+    learning_rate: float | None = _override(
+        "lr", "override the optimiser's learning rate (the recipe's optimizer: lr)", "--lr", metavar="LR"
+    )
+    lr_scheduler_type: str | None = _override(
+        "scheduler",
+        "override the recipe's scheduler: a transformers.get_scheduler name (cosine, linear, constant, ...)",
+        metavar="NAME",
+    )
+    num_warmup_steps: int | None = _override(
+        "num_warmup_steps", "override the recipe's learning-rate warm-up steps", metavar="N"
+    )
+    label_smoothing: float | None = _override(
+        "label_smoothing",
+        "smoothing alpha in (-inf, 1): 1-alpha on the true class; negative is allowed",
+        metavar="ALPHA",
+    )
+    seed: int | None = _override("seed", "override the recipe's seed", metavar="N")
+
+
+RECIPE_ARGUMENTS = (ModelArguments, DataArguments, OptimArguments)  # the settings that override recipe keys
+
+
+def recipe_overrides(settings: Any) -> dict[str, Any]:
+    """`load_recipe`'s overrides from `settings` (a TrainConfig, or any of RECIPE_ARGUMENTS): recipe key -> value."""
+    return {f.metadata["recipe"]: getattr(settings, f.name) for f in fields(settings) if "recipe" in f.metadata}
 
 
 def find_recipe(path: str | Path) -> Path:

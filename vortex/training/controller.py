@@ -12,9 +12,11 @@ attack's MSE, vortex/training/privacy.py) and moves its levers (vortex/training/
 
 The step is a factor 2**(gain * shortfall), clipped to [2**0.5, 4], where the shortfall is how
 far K's relative drop falls short of leading the largest other drop by the margin (or, for a
-leak, how far the attack MSE falls short of `min_mse`). If the probe accuracy falls more than
-`max_accuracy_drop` below the untargeted baseline in the second half of training, both levers
-are halved instead. Without a privacy signal (the Trainer callback) "on target" is rho alone.
+leak, how far the attack MSE falls short of `min_mse`). `decorrelate` is on from the start when K
+lies before the untargeted run's rho GPZ (where the indicator predicts split K leaks), off
+otherwise; the controller does not move it. If the probe accuracy falls more than
+`max_accuracy_drop` below the untargeted baseline in the second half of training, the levers are
+halved instead. Without a privacy signal (the Trainer callback) "on target" is rho alone.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ControllerConfig:
     probe_samples: int = 300  # held out from the training split for measuring
     probe_batch_size: int = 300
     pull: float = 2.0  # initial weight of rho of z_K at unit length
+    decorrelate: float = 1.0  # weight of the within-class distance correlation of z_K and the image, when on
     hold: float = 0.0  # initial weight of the hold on rho(z_{K-1})
     hold_start: float = 1.0  # first hold weight once the transition comes too early
     hold_floor: float = 0.9  # the hold keeps rho at K-1 above this share of the highest rho before it
@@ -89,12 +92,15 @@ class GPZController:
         baseline_accuracy: float | None = None,
         max_accuracy_drop: float | None = None,
         min_mse: float | None = None,
+        baseline_gpz: int | None = None,
     ):
         check_target(target, split_names)
         self.target, self.split_names, self.config = target, split_names, config
         self.min_mse = min_mse  # the online attack's MSE at K must reach it; None: rho alone decides
         self.baseline_accuracy, self.max_accuracy_drop = baseline_accuracy, max_accuracy_drop
-        self.levers = Levers(pull=config.pull, hold=config.hold, hold_floor=0.0)  # floor set from measurements
+        # K before the untargeted run's transition: split K is predicted to leak, so remove information at once
+        early = baseline_gpz is not None and target < baseline_gpz
+        self.levers = Levers(pull=config.pull, hold=config.hold, decorrelate=config.decorrelate if early else 0.0)
         self.history: list[ControllerEntry] = []
         self.best: BestPoint | None = None
         self.interval, self.next_step = config.every, config.every
@@ -149,8 +155,8 @@ class GPZController:
             and accuracy < self.baseline_accuracy - self.max_accuracy_drop
         )
         if guard:
-            lv.pull, lv.hold = lv.pull / 2, lv.hold / 2
-            decision = f"accuracy {accuracy:.3f} below baseline {self.baseline_accuracy:.3f}: halve both levers"
+            lv.pull, lv.hold, lv.decorrelate = lv.pull / 2, lv.hold / 2, lv.decorrelate / 2
+            decision = f"accuracy {accuracy:.3f} below baseline {self.baseline_accuracy:.3f}: halve the levers"
         elif a.reached:
             decision = "on target: keep levers"
         elif a.rho_on_target:  # the indicator is at K, the attack says split K still leaks
@@ -159,7 +165,8 @@ class GPZController:
             decision = (
                 f"rho at K but split K leaks (online attack MSE {attack_mse:.4f} < {self.min_mse}): pull x{factor:.2f}"
             )
-        elif a.gpz > self.target or (a.gpz == self.target and a.runner_up > self.target):
+        elif a.gpz > self.target or (a.gpz == self.target and a.runner_up >= self.target):
+            # a later drop competes, or none does (two splits) and K's own drop is too small: pull
             lv.pull = min(max(lv.pull, 0.25) * factor, cfg.max_weight)
             decision = f"transition after K (largest drop at {a.gpz}): pull x{factor:.2f}"
         else:

@@ -21,6 +21,7 @@ loses more than --max-accuracy-drop test accuracy against an untargeted run of t
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -28,17 +29,20 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from safetensors.torch import load_model, save_model
-from transformers import get_scheduler
+from transformers import HfArgumentParser, get_scheduler
 
 from vortex.core.probe import collect_stats, profile_model
 from vortex.data import data_shape, load_data, make_loader, num_classes
@@ -52,11 +56,19 @@ from vortex.hub.loading import load_init_weights, resolve_spec, transformers_sou
 from vortex.hub.repo import is_repo_id
 from vortex.logs import show_logs
 from vortex.models import build_model, split_model
-from vortex.options import add_data_options, add_trust_code_option
 from vortex.records import ControllerSummary, Profile
 from vortex.report.plots import plot_reconstructions, plot_vortex
 from vortex.report.tables import profile_table
-from vortex.training.config import Recipe, check_smoothing, load_recipe
+from vortex.training.config import (
+    RECIPE_ARGUMENTS,
+    DataArguments,
+    ModelArguments,
+    OptimArguments,
+    Recipe,
+    check_smoothing,
+    load_recipe,
+    recipe_overrides,
+)
 from vortex.training.controller import ControllerConfig, GPZController, check_target
 from vortex.training.levers import lever_loss, smoothing_at
 from vortex.training.loss import soft_target_loss
@@ -69,43 +81,112 @@ RUN_STATE = "vortex_state.json"  # vortex's part of a saved training state (cont
 PRIVACY_ATTACKS = ("decoder", "enhanced")
 
 
-@dataclass
-class TrainConfig:
-    """Everything `vortex train` takes on its command line (`vortex train --help` says what each means);
-    None leaves the recipe's value."""
+def _arg(default: Any = None, text: str = "", *aliases: str, **argparse_options: Any) -> Any:
+    """A `vortex train` setting: its default, its --help text, older flag names, other add_argument options."""
+    metadata = {"help": text, **argparse_options}
+    if aliases:
+        metadata["aliases"] = list(aliases)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
-    recipe: str | Path | Recipe | None = None  # a YAML file, a shipped recipe's name, or a Recipe
-    output_dir: str | Path | None = None  # default: runs/MODEL-DATASET[-gpzK]
-    target_gpz: int | None = None
-    max_accuracy_drop: float = 0.02
-    privacy_mse: float = RECOGNISABLE_MSE
-    privacy_attack: str = "decoder"
-    baseline: str | Path = "auto"
-    model: str | None = None
-    init_weights: str | Path | None = None
-    trust_code: list[str] = field(default_factory=list)
-    dataset_name: str | None = None
-    dataset_config_name: str | None = None
-    image_column_name: str | None = None
-    label_column_name: str | None = None
-    num_train_epochs: int | None = None
-    per_device_train_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    lr_scheduler_type: str | None = None
-    num_warmup_steps: int | None = None
-    seed: int | None = None
-    learning_rate: float | None = None
-    label_smoothing: float | None = None
-    max_train_samples: int | None = None
-    checkpointing_steps: str | int = "epoch"
-    resume_from_checkpoint: str | Path | None = None
-    with_tracking: bool = False
-    report_to: str = "tensorboard"
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private_repo: bool = False
-    hub_revision: str | None = None
-    holdout_probe: bool = False  # hold a probe set out without a target, as baseline runs do
+
+# Fields typed `Path | str | None` take paths from Python and strings from the command line: HfArgumentParser
+# parses the type that follows the first one in such a union, here str.
+
+
+@dataclass(kw_only=True)
+class RunArguments:
+    """The recipe, where the run writes, and its training state."""
+
+    _argument_group_name = "run"
+
+    recipe: Recipe | str | Path | None = _arg(
+        None,
+        "YAML recipe: a file, or a shipped one's name (default: recipes/cnn_digits.yaml); its values are "
+        "the defaults of the options below, which override them",
+        metavar="FILE",
+    )
+    output_dir: Path | str | None = _arg(
+        None, "where the checkpoint is written (default: runs/MODEL-DATASET[-gpzK], printed at start)", metavar="DIR"
+    )
+    init_weights: Path | str | None = _arg(
+        None,
+        "a local .safetensors file of the model's weights to start from (every tensor, of the model's shapes)",
+        metavar="FILE",
+    )
+    trust_code: list[str] = _arg(
+        [],
+        "import this custom architecture for a recipe that names it (repeatable); a --model given on the command "
+        "line is trusted as it is; vortex never imports code named by a file otherwise",
+        action="append",
+        metavar="PACKAGE.MODULE:FUNCTION",
+    )
+    checkpointing_steps: str = _arg(  # or an int
+        "epoch", "save the training state every N steps, or 'epoch' (default)", metavar="N|epoch"
+    )
+    resume_from_checkpoint: Path | str | None = _arg(
+        None, "a state directory under OUTPUT_DIR/state, or 'latest'", metavar="DIR|latest"
+    )
+    with_tracking: bool = _arg(False, "log loss, accuracy, levers and GPZ through Accelerator(log_with=...)")
+    report_to: str = _arg(
+        "tensorboard",
+        "tracker for --with_tracking (tensorboard works offline; 'all' for every installed one)",
+        metavar="TRACKER",
+    )
+    push_to_hub: bool = _arg(False, "publish the checkpoint to the Hub when training ends (same as `vortex publish`)")
+    hub_model_id: str | None = _arg(
+        None,
+        "ORG/NAME of the Hub repo for --push_to_hub (default: OUTPUT_DIR's name in your namespace)",
+        metavar="ORG/NAME",
+    )
+    hub_private_repo: bool = _arg(False, "create the Hub repo private")
+    hub_revision: str | None = _arg(None, "branch to push to (default: main)", metavar="BRANCH")
+
+
+@dataclass(kw_only=True)
+class TargetArguments:
+    """The GPZ target: the controller, the verdict attack and the accuracy guard (the recipe's probe: and
+    controller: sections set the probe set and the controller's schedule)."""
+
+    _argument_group_name = "GPZ target"
+
+    target_gpz: int | None = _arg(
+        None, "split K where the GPZ should start (2..L); turns on the controller", metavar="K"
+    )
+    max_accuracy_drop: float = _arg(
+        0.02,
+        "with --target-gpz: largest test-accuracy loss allowed against the untargeted run (default 0.02 = 2 points)",
+        metavar="FRACTION",
+    )
+    privacy_mse: float = _arg(
+        RECOGNISABLE_MSE,
+        "with --target-gpz: the attack MSE (images in [0, 1]) split K must reach to count as protected "
+        f"(default {RECOGNISABLE_MSE}, below which reconstructions are recognisable)",
+        metavar="MSE",
+    )
+    privacy_attack: str = _arg(
+        "decoder",
+        "with --target-gpz: the inversion attack that checks split K (default: decoder)",
+        choices=PRIVACY_ATTACKS,
+    )
+    baseline: str = _arg(  # or a Path
+        "auto",
+        "with --target-gpz: the untargeted run to compare accuracy with: a checkpoint directory, "
+        "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'",
+        metavar="DIR|auto|none",
+    )
+    holdout_probe: bool = _arg(False, argparse.SUPPRESS)  # hold a probe set out without a target, as baseline runs do
+
+
+ARGUMENTS = (RunArguments, *RECIPE_ARGUMENTS, TargetArguments)  # `vortex train --help`'s groups, in this order
+
+
+@dataclass(kw_only=True)
+class TrainConfig(TargetArguments, OptimArguments, DataArguments, ModelArguments, RunArguments):
+    """Everything `vortex train` takes on its command line: the fields of ARGUMENTS (`vortex train --help`
+    says what each means). The recipe's fields (ModelArguments, DataArguments, OptimArguments) left None keep
+    the recipe's value."""
 
     def __post_init__(self) -> None:
         if self.privacy_attack not in PRIVACY_ATTACKS:
@@ -128,149 +209,40 @@ class TrainResult:
     target_reached: bool | None  # None without a target
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vortex train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--recipe", help="YAML recipe from recipes/ (default: recipes/cnn_digits.yaml)")
-    p.add_argument(
-        "--output_dir",
-        "--output-dir",
-        help="where the checkpoint is written (default: runs/MODEL-DATASET[-gpzK], printed at start)",
-    )
-    p.add_argument(
-        "--target-gpz",
-        "--target_gpz",
-        type=int,
-        help="split K where the GPZ should start (2..L); turns on the controller",
-    )
-    p.add_argument(
-        "--max-accuracy-drop",
-        "--max_accuracy_drop",
-        type=float,
-        default=TrainConfig.max_accuracy_drop,
-        help="with --target-gpz: largest test-accuracy loss allowed against the untargeted run "
-        "(default 0.02 = 2 points)",
-    )
-    p.add_argument(
-        "--privacy-mse",
-        "--privacy_mse",
-        type=float,
-        default=TrainConfig.privacy_mse,
-        help="with --target-gpz: the attack MSE (images in [0, 1]) split K must reach to count as protected "
-        f"(default {RECOGNISABLE_MSE}, below which reconstructions are recognisable)",
-    )
-    p.add_argument(
-        "--privacy-attack",
-        "--privacy_attack",
-        default=TrainConfig.privacy_attack,
-        choices=PRIVACY_ATTACKS,
-        help="with --target-gpz: the inversion attack that checks split K (default: decoder)",
-    )
-    p.add_argument(
-        "--baseline",
-        default=TrainConfig.baseline,
-        help="with --target-gpz: the untargeted run to compare accuracy with: a checkpoint directory, "
-        "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'",
-    )
-    p.add_argument(
-        "--model",
-        help="override the recipe's model: a built-in name, package.module:function, or a transformers image "
-        "classifier (a directory written by save_pretrained or transformers.Trainer, or a Hub repo id)",
-    )
-    p.add_argument(
-        "--init_weights",
-        "--init-weights",
-        help="a local .safetensors file of the model's weights to start from (every tensor, of the model's shapes)",
-    )
-    add_trust_code_option(p, "a recipe that names it; a --model given on the command line is trusted as it is")
-    p.add_argument(
-        "--dataset_name",
-        "--dataset",
-        metavar="DATASET",
-        help="override the recipe's data set: a built-in, an image folder, a .parquet file or a Hub dataset id",
-    )
-    add_data_options(p)
-    p.add_argument(
-        "--epochs",
-        "--num_train_epochs",
-        dest="num_train_epochs",
-        metavar="EPOCHS",
-        type=int,
-        help="override the recipe's number of epochs",
-    )
-    p.add_argument(
-        "--per_device_train_batch_size", "--batch_size", type=int, help="override the recipe's batch size (per process)"
-    )
-    p.add_argument(
-        "--gradient_accumulation_steps",
-        type=int,
-        help="batches per optimiser step (default: the recipe's, or ACCELERATE_GRADIENT_ACCUMULATION_STEPS)",
-    )
-    p.add_argument(
-        "--lr_scheduler_type",
-        help="override the recipe's scheduler: a transformers.get_scheduler name (cosine, linear, constant, ...)",
-    )
-    p.add_argument("--num_warmup_steps", type=int, help="override the recipe's learning-rate warm-up steps")
-    p.add_argument("--seed", type=int, help="override the recipe's seed")
-    p.add_argument(
-        "--lr",
-        "--learning_rate",
-        dest="learning_rate",
-        metavar="LR",
-        type=float,
-        help="override the optimiser's learning rate",
-    )
-    p.add_argument(
-        "--label_smoothing",
-        "--label-smoothing",
-        type=float,
-        help="smoothing alpha in (-inf, 1): 1-alpha on the true class; negative is allowed",
-    )
-    p.add_argument(
-        "--max_train_samples",
-        "--max-train-samples",
-        type=int,
-        help="train on N samples of the train split (a seeded choice, made before any image is converted)",
-    )
-    p.add_argument(
-        "--checkpointing_steps",
-        "--checkpointing-steps",
-        default=TrainConfig.checkpointing_steps,
-        help="save the training state every N steps, or 'epoch' (default)",
-    )
-    p.add_argument(
-        "--resume_from_checkpoint",
-        "--resume-from-checkpoint",
-        help="a state directory under OUTPUT_DIR/state, or 'latest'",
-    )
-    p.add_argument(
-        "--with_tracking",
-        "--with-tracking",
-        action="store_true",
-        help="log loss, accuracy, levers and GPZ through Accelerator(log_with=...)",
-    )
-    p.add_argument(
-        "--report_to",
-        "--report-to",
-        default=TrainConfig.report_to,
-        help="tracker for --with_tracking (tensorboard works offline; 'all' for every installed one)",
-    )
-    p.add_argument(
-        "--push_to_hub",
-        "--push-to-hub",
-        action="store_true",
-        help="publish the checkpoint to the Hub when training ends (same as `vortex publish`)",
-    )
-    p.add_argument(
-        "--hub_model_id",
-        "--hub-model-id",
-        help="ORG/NAME of the Hub repo for --push_to_hub (default: OUTPUT_DIR's name in your namespace)",
-    )
-    p.add_argument("--hub_private_repo", "--hub-private-repo", action="store_true", help="create the Hub repo private")
-    p.add_argument("--hub_revision", "--hub-revision", help="branch to push to (default: main)")
-    p.add_argument("--holdout-probe", action="store_true", help=argparse.SUPPRESS)  # set for baseline runs
-    return p
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written; a bool option shown as a plain switch (it also takes true/false)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:  # each name, then the value once
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        if action.nargs == "?" and action.const is True:
+            return ", ".join(action.option_strings)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {value}"
+
+
+class _ArgumentParser(HfArgumentParser):
+    """HfArgumentParser, leaving out vortex's field metadata (`recipe`: the recipe key a field overrides), and
+    with repeatable options (`action="append"`) taking one value each time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for action in self._actions:
+            if isinstance(action, argparse._AppendAction):
+                action.nargs = None
+
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: Field) -> None:
+        if "recipe" in field.metadata:
+            field = copy.copy(field)
+            field.metadata = MappingProxyType({k: v for k, v in field.metadata.items() if k != "recipe"})
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
+
+def build_parser() -> HfArgumentParser:
+    """`vortex train`'s parser, generated from the fields of ARGUMENTS (the HF example scripts' flag names,
+    older vortex names as aliases)."""
+    return _ArgumentParser(ARGUMENTS, prog="vortex train", description=__doc__, formatter_class=_HelpFormatter)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -377,10 +349,10 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator) -> float:
     return correct / max(total, 1)
 
 
-def baseline_accuracy(args: TrainConfig, output_dir: Path) -> tuple[Path | None, float | None]:
-    """The untargeted run to guard accuracy against: its directory and test accuracy."""
+def read_baseline(args: TrainConfig, output_dir: Path) -> tuple[Path | None, float | None, int | None]:
+    """The untargeted run to guard accuracy against: its directory, test accuracy and rho GPZ (None if not recorded)."""
     if args.baseline == "none":
-        return None, None
+        return None, None, None
     base_dir = output_dir / "baseline" if args.baseline == "auto" else Path(args.baseline)
     if args.baseline == "auto" and not is_checkpoint(base_dir):
         complete = any((base_dir / "state").glob(f"step_*/{RUN_STATE}"))  # an interrupted save leaves none
@@ -400,18 +372,54 @@ def baseline_accuracy(args: TrainConfig, output_dir: Path) -> tuple[Path | None,
             f"--baseline {base_dir} is not a vortex checkpoint with a vortex.json; train one "
             "without --target-gpz, or pass --baseline auto"
         )
-    accuracy = read_json_object(meta).get("test_accuracy")
+    record = read_json_object(meta)
+    accuracy = record.get("test_accuracy")
     if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool) or not 0 <= accuracy <= 1:
         raise VortexError(
             f"'{meta}' records no test accuracy (test_accuracy: {accuracy!r}); train the baseline again, "
             "or pass --baseline auto"
         )
-    return base_dir, float(accuracy)
+    gpz = record.get("gpz", {}).get("index") if isinstance(record.get("gpz"), dict) else None
+    return base_dir, float(accuracy), gpz if isinstance(gpz, int) and not isinstance(gpz, bool) else None
+
+
+SETTINGS_FILES = (".yaml", ".yml", ".json")
+
+
+def read_settings(parser: HfArgumentParser, path: str) -> tuple[Any, ...]:
+    """`vortex train settings.yaml` (or .json), the HF example scripts' way: the file's keys are the
+    settings' field names (`vortex train --help`), e.g. recipe, output_dir, target_gpz, num_train_epochs."""
+    if not Path(path).is_file():
+        raise VortexError(f"settings file '{path}' does not exist")
+    try:
+        return parser.parse_json_file(path) if path.endswith(".json") else parser.parse_yaml_file(path)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise VortexError(f"settings file '{path}' cannot be read: {str(exc).splitlines()[0]}") from None
+    except (TypeError, AttributeError):  # parse_dict of a list or a scalar
+        raise VortexError(f"settings file '{path}' must be a mapping of setting names to values") from None
+    except ValueError:  # keys that are no setting; a recipe's keys go in the recipe file
+        known = {f.name for part in ARGUMENTS for f in fields(part)}
+        unknown = sorted(set(yaml.safe_load(Path(path).read_text())) - known)  # JSON is YAML
+        raise VortexError(
+            f"settings file '{path}' has keys that are no `vortex train` setting: {unknown} (see `vortex train "
+            "--help` for the names); a recipe file goes in --recipe or under `recipe:`"
+        ) from None
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """The command line (`vortex train --help`) as a TrainConfig."""
-    return TrainConfig(**vars(build_parser().parse_args(argv)))
+    """The command line (`vortex train --help`), or one settings file, as a TrainConfig."""
+    parser = build_parser()
+    given = sys.argv[1:] if argv is None else argv
+    if len(given) == 1 and given[0].endswith(SETTINGS_FILES):
+        parts, unknown = read_settings(parser, given[0]), []
+    else:
+        *parts, unknown = parser.parse_args_into_dataclasses(given, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exit status 2, as argparse's
+    settings: dict[str, Any] = {}
+    for part in parts:
+        settings.update(vars(part))
+    return TrainConfig(**settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,23 +442,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 def run(args: TrainConfig, held: ExitStack) -> TrainResult:
     """The training run; `held` keeps the output directory's lock (taken once the settings are checked)."""
-    recipe = load_recipe(
-        args.recipe,
-        model=args.model,
-        dataset=args.dataset_name,
-        epochs=args.num_train_epochs,
-        seed=args.seed,
-        label_smoothing=args.label_smoothing,
-        max_train_samples=args.max_train_samples,
-        dataset_config_name=args.dataset_config_name,
-        image_column_name=args.image_column_name,
-        label_column_name=args.label_column_name,
-        batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        scheduler=args.lr_scheduler_type,
-        num_warmup_steps=args.num_warmup_steps,
-        lr=args.learning_rate,
-    )
+    recipe = load_recipe(args.recipe, **recipe_overrides(args))  # the recipe, the settings given on top
     output_dir = Path(args.output_dir)
     target = args.target_gpz
     ctrl_cfg = ControllerConfig.from_dict(recipe.controller)
@@ -498,7 +490,7 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
         )
     trusted = [*args.trust_code, *([args.model] if args.model else [])]  # what the user named, not a file
     criterion = PrivacyCriterion(min_mse=args.privacy_mse, attack=args.privacy_attack)
-    base_dir, base_acc = None, None
+    base_dir, base_acc, base_gpz = None, None, None
     if target is not None or args.init_weights:  # refuse a bad target or init file before any training starts
         first = build_model(spec, trust_code=trusted)
         if target is not None:
@@ -508,7 +500,7 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
     if process_state().is_main_process:  # one writer per output directory, from here on
         held.enter_context(locked(output_dir, "--output_dir"))
     if target is not None:
-        base_dir, base_acc = baseline_accuracy(args, output_dir)
+        base_dir, base_acc, base_gpz = read_baseline(args, output_dir)
     set_seed(recipe.seed)
     model = load_transformers(source, spec, recipe.model) if source else build_model(spec, trust_code=trusted)
     init_sha256 = load_init_weights(model, args.init_weights) if args.init_weights else None
@@ -542,6 +534,7 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
             base_acc,
             args.max_accuracy_drop if base_acc is not None else None,
             min_mse=criterion.min_mse,
+            baseline_gpz=base_gpz,
         )
         online = OnlineAttacker(train_ds, probe_ds, image_size=spec.image_size, channels=spec.in_channels)
         log.info(
@@ -670,7 +663,7 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
                 out, *zs = net(x)
                 loss = soft_target_loss(out, y, smoothing_at(recipe.label_smoothing, step / max(total_steps, 1)))
                 if controller:
-                    loss = loss + lever_loss(zs, y, k_classes, target, controller.levers)
+                    loss = loss + lever_loss(zs, y, k_classes, target, controller.levers, images=x)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
@@ -752,7 +745,7 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
                 "reached_gpz": reached,
                 "measure_seconds": measuring,
                 "online_attack_seconds": sum(online_seconds),
-                "baseline": {"dir": str(base_dir) if base_dir else None, "test_accuracy": base_acc},
+                "baseline": {"dir": str(base_dir) if base_dir else None, "test_accuracy": base_acc, "gpz": base_gpz},
                 "controller": controller.summary(),
             }
         )
