@@ -133,6 +133,15 @@ def test_a_leak_at_k_pulls_by_the_attack_shortfall():
     assert capped.levers.pull == 64.0
 
 
+@pytest.mark.parametrize(
+    "target, baseline_gpz, start", [(4, 6, 1.5), (5, 6, 1.5), (6, 6, 0.0), (7, 6, 0.0), (4, None, 0.0)]
+)
+def test_decorrelate_starts_on_when_k_lies_before_the_untargeted_transition(target, baseline_gpz, start):
+    ctrl = GPZController(target, NAMES, ControllerConfig(decorrelate=1.5), baseline_gpz=baseline_gpz)
+    assert ctrl.levers.decorrelate == start
+    assert ctrl.levers.to_dict() == {"pull": 2.0, "hold": 0.0, "hold_floor": 0.0, "decorrelate": start}
+
+
 def test_accuracy_guard_from_half_of_training_strictly_below_the_bound():
     def run(accuracy, progress, rho=LATE, **kw):
         ctrl = controller(pull=4.0, hold=2.0, **({"baseline_accuracy": 0.75, "max_accuracy_drop": 0.25} | kw))

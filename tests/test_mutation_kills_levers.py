@@ -165,5 +165,7 @@ def test_decorrelate_term_reads_what_z_holds_beyond_the_class():
     assert moved.item() == pytest.approx(only.item(), rel=1e-4)
     with_pull = lever_loss(zs, yt, 3, 4, Levers(pull=1.0, decorrelate=2.0), images=xt)
     assert with_pull.item() == pytest.approx(2.0 * expected + numpy_batch_rho(z, y, 3, unit=True), rel=1e-4)
-    # without the images (the callback path before a forward pass) the term is off, not an error
+    alone = lever_loss(zs, yt, 3, 4, Levers(decorrelate=1.0), images=xt)  # no pull or hold: still on
+    assert alone.item() == pytest.approx(expected, rel=1e-4)
+    # without the images the term is off, not an error
     assert lever_loss(zs, yt, 3, 4, Levers(decorrelate=2.0)).item() == 0.0
