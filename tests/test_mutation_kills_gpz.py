@@ -28,3 +28,9 @@ def test_errors_say_what_was_given():
 def test_posthoc_refuses_indices_that_do_not_strictly_increase(indices):
     with pytest.raises(ProfileError, match=r"^split indices must increase, got \[" + ", ".join(map(str, indices))):
         locate_posthoc(indices, [0.01 * (i + 1) for i in range(len(indices))])
+
+
+def test_three_splits_with_two_adjacent_large_drops_form_a_zone():
+    # drops 0.5 into split 2 and 0.6 into split 3: the largest at 3, its neighbour (>= 20%) joins
+    gpz = locate_gpz([1.0, 0.5, 0.2])
+    assert (gpz.index, gpz.zone) == (3, [2, 3])
