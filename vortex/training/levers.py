@@ -28,6 +28,14 @@ import torch.nn.functional as F
 from vortex.errors import VortexError
 
 
+def class_residual(v: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each row of `v` (flattened) minus the mean of its class in the batch."""
+    v = v.reshape(v.shape[0], -1).float()
+    onehot = F.one_hot(y, num_classes).float()
+    means = onehot.T @ v / onehot.sum(0).clamp(min=1).unsqueeze(1)
+    return v - means[y]
+
+
 def batch_rho(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, unit: bool = False) -> torch.Tensor:
     """Differentiable rho = mean_c R_c^2 / global variance of one batch (classes with < 2 samples
     skipped); with `unit`, of the samples scaled to unit L2 length."""
@@ -36,8 +44,7 @@ def batch_rho(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, unit: bool 
         z = F.normalize(z, dim=1)
     onehot = F.one_hot(y, num_classes).float()
     count = onehot.sum(0)
-    means = onehot.T @ z / count.clamp(min=1).unsqueeze(1)
-    within = (onehot.T @ (z - means[y]).pow(2).sum(1)) / count.clamp(min=1)
+    within = (onehot.T @ class_residual(z, y, num_classes).pow(2).sum(1)) / count.clamp(min=1)
     keep = count >= 2
     if keep.sum() < 1:
         return z.new_zeros(())
@@ -48,14 +55,6 @@ def batch_rho(z: torch.Tensor, y: torch.Tensor, num_classes: int, *, unit: bool 
 def _centred_distances(v: torch.Tensor) -> torch.Tensor:
     d = (torch.cdist(v, v).pow(2) + 1e-12).sqrt()  # the small constant keeps the gradient finite at d = 0
     return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
-
-
-def class_residual(v: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Each row of `v` (flattened) minus the mean of its class in the batch."""
-    v = v.reshape(v.shape[0], -1).float()
-    onehot = F.one_hot(y, num_classes).float()
-    means = onehot.T @ v / onehot.sum(0).clamp(min=1).unsqueeze(1)
-    return v - means[y]
 
 
 def distance_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

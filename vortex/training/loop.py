@@ -379,8 +379,9 @@ def read_baseline(args: TrainConfig, output_dir: Path) -> tuple[Path | None, flo
             f"'{meta}' records no test accuracy (test_accuracy: {accuracy!r}); train the baseline again, "
             "or pass --baseline auto"
         )
-    gpz = record.get("gpz", {}).get("index") if isinstance(record.get("gpz"), dict) else None
-    return base_dir, float(accuracy), gpz if isinstance(gpz, int) and not isinstance(gpz, bool) else None
+    gpz = record.get("gpz")
+    index = gpz.get("index") if isinstance(gpz, dict) else None  # an older record may have none
+    return base_dir, float(accuracy), index if isinstance(index, int) and not isinstance(index, bool) else None
 
 
 SETTINGS_FILES = (".yaml", ".yml", ".json")
