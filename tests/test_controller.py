@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from vortex.core.stats import ClassStats
 from vortex.errors import VortexError
 from vortex.records import AttackResult
 from vortex.training.controller import ControllerConfig, GPZController, check_target
 from vortex.training.levers import Levers, batch_rho, lever_loss, smoothing_at
-from vortex.training.loop import TARGET_MISSED
+from vortex.training.loop import BEST_WEIGHTS, RUN_STATE, TARGET_MISSED, read_best_weights
 from vortex.training.loop import main as train
 from vortex.training.privacy import PrivacyCriterion, PrivacyVerdict
 
@@ -200,7 +201,10 @@ def test_target_run_moves_rho_but_a_leaking_split_is_a_miss(targeted):
         assert (out / "privacy" / f"recon_split{k}.png").stat().st_size > 1000
     history = meta["controller"]["history"]
     assert len(history) >= 5 and {"step", "gpz", "rho", "levers", "decision", "attack_mse"} <= set(history[0])
-    assert all(0 < h["attack_mse"] < 0.1 for h in history)  # the online attack ran at every measurement
+    # the online attack runs exactly where it can change the decision or the best point: rho's GPZ at K
+    assert all((h["attack_mse"] is not None) == (h["gpz"] == 3) for h in history)
+    assert any(h["gpz"] == 3 for h in history)
+    assert all(0 < h["attack_mse"] < 0.1 for h in history if h["gpz"] == 3)
     assert meta["test_accuracy"] >= meta["baseline"]["test_accuracy"] - 0.02
     assert probe_gpz(out) == 3  # what a user measures on the held-out test split
     assert (out / "vortex.png").stat().st_size > 10_000
@@ -234,6 +238,28 @@ def test_resume_with_controller_state_matches_uninterrupted(targeted, recipe, tm
     np.testing.assert_allclose(
         [s["rho"] for s in b["profile"]["splits"]], [s["rho"] for s in a["profile"]["splits"]], rtol=1e-3
     )
+
+
+def test_the_best_point_is_saved_with_the_state_that_knows_it(targeted, recipe, tmp_path):
+    """Every state whose controller has a best point holds that point's weights (read back exactly);
+    a state that lacks them is refused before any training."""
+    out, _ = targeted
+    states = sorted((out / "state").iterdir(), key=lambda d: int(d.name.split("_")[1]))
+    with_best = [d for d in states if json.loads((d / RUN_STATE).read_text())["controller"]["best"]]
+    assert with_best and all((d / BEST_WEIGHTS).is_file() == (d in with_best) for d in states)
+    for d in with_best:  # the model's every tensor; where the best point is the state's own step, its weights
+        best, model = read_best_weights(d), load_file(d / "model.safetensors")  # the latter: Accelerate's copy
+        assert best.keys() == model.keys()
+        if json.loads((d / RUN_STATE).read_text())["controller"]["best"]["step"] == int(d.name.split("_")[1]):
+            assert all(torch.equal(best[k], model[k]) for k in model)
+    broken = tmp_path / "broken"
+    shutil.copytree(with_best[-1], broken / "state" / with_best[-1].name)
+    shutil.copytree(out / "baseline", broken / "baseline")
+    (broken / "state" / with_best[-1].name / BEST_WEIGHTS).unlink()
+    args = ["--recipe", str(recipe), "--target-gpz", "3", "--resume_from_checkpoint", "latest"]
+    with pytest.raises(VortexError, match="cannot read the controller's best weights"):
+        train([*args, "--output_dir", str(broken)])
+    assert not (broken / "model.safetensors").exists()
 
 
 def test_missed_target_says_so_and_still_saves(recipe, tmp_path, capsys):
@@ -285,8 +311,10 @@ def test_two_processes_reach_the_same_gpz(targeted, recipe, tmp_path, torchrun):
     assert two["optimizer_steps_this_session"] < one["optimizer_steps_this_session"]  # really two processes
     assert [s["index"] for s in two["privacy"]["splits"]] == [2, 3]  # both processes attacked, one verdict
     assert two["privacy"]["protected"] == one["privacy"]["protected"]
-    # every measurement carries the online attack's number, the same on both processes (one decision)
-    assert all(h["attack_mse"] > 0 for h in two["controller"]["history"])
+    # every measurement with rho at K carries the online attack's number (main process computes, all receive)
+    history = two["controller"]["history"]
+    assert any(h["gpz"] == 3 for h in history)
+    assert all((h["attack_mse"] is not None and h["attack_mse"] > 0) == (h["gpz"] == 3) for h in history)
     assert two["test_accuracy"] >= one["test_accuracy"] - 0.03
 
 

@@ -42,6 +42,23 @@ def test_large_offset_keeps_small_variance():
     assert got.rc2 == pytest.approx(8e-4, rel=0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_features_give_the_statistics_of_their_values(dtype):
+    """Features from autocast: the statistics of the half-precision values as numpy computes them in
+    float64 (a class offset of 50 against a spread of 0.1: half-precision sums would lose the spread;
+    the deviations from the rough class means are exact differences and are summed in float32)."""
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 40)
+    z = torch.from_numpy(50 + y[:, None] + rng.normal(scale=0.1, size=(120, 6))).to(dtype)
+    stats = ClassStats(3, 6)
+    for i in range(0, 120, 32):
+        stats.update(z[i : i + 32], torch.from_numpy(y[i : i + 32]))
+    ref = numpy_reference(z.double().numpy(), y, 3)
+    got = stats.summary()
+    for key in ("rc2", "global_var", "rho"):
+        assert getattr(got, key) == pytest.approx(ref[key], rel=1e-5), key
+
+
 def test_memory_does_not_grow_with_samples():
     stats = ClassStats(3, 10)
     sizes = {t.numel() for t in (stats.count, stats.mean, stats.m2)}

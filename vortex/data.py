@@ -99,7 +99,7 @@ def load_data(
         arrays, names = _BUILTINS[source]()
         rows = _select_rows({k: a.labels for k, a in arrays.items()}, names, source, seed, test_fraction, limits)
         return datasets.DatasetDict(
-            {k: _in_memory(arrays[split].pixels[r], arrays[split].labels[r], names) for k, (split, r) in rows.items()}
+            {k: from_arrays(arrays[split].pixels[r], arrays[split].labels[r], names) for k, (split, r) in rows.items()}
         )
     raw = _load_raw(source, config_name)
     if "train" not in raw:
@@ -228,6 +228,14 @@ def make_loader(
     )
 
 
+def load_all(
+    ds: datasets.Dataset, *, image_size: int | None = None, channels: int | None = None, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row of `ds` decoded once: images [N, C, H, W] in [0, 1] and labels [N], as make_loader gives them."""
+    pairs = list(make_loader(ds, batch_size, image_size=image_size, channels=channels))
+    return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+
+
 def take(ds: datasets.Dataset, max_samples: int | None, seed: int = 0) -> datasets.Dataset:
     """The first `max_samples` rows of `ds` shuffled with `seed`; all of `ds` when None."""
     if max_samples is None:
@@ -283,7 +291,9 @@ def _pixels_array(pixels: np.ndarray) -> pa.Array:
     return arr
 
 
-def _in_memory(pixels: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> datasets.Dataset:
+def from_arrays(pixels: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> datasets.Dataset:
+    """A canonical dataset (what load_data returns per split) from uint8 images [N, C, H, W] and integer
+    labels [N] indexing `names`."""
     features = datasets.Features(
         pixels=datasets.Array3D(shape=pixels.shape[1:], dtype="uint8"), label=datasets.ClassLabel(names=list(names))
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import datasets
 import torch
@@ -68,12 +68,14 @@ def stream_stats(
     labels: str = "true",
     progress: bool = True,
     sketch_dim: int | str | None = None,
+    on_batch: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> tuple[list[ClassStats], float]:
     """Stream this process's (x, y) batches through the model; reduce the statistics across processes.
 
     Every process must call it (with its own shard of the data): the reduction is collective.
     Splits wider than the sketch width are count-sketched to it (see `stats.CountSketch`): `sketch_dim`
     if a number, else chosen so the class means fit in `stats.STATS_BYTES` ("exact": never).
+    `on_batch`, if given, receives z at every split of each chunk of samples, in order.
     """
     if labels not in ("true", "predicted"):
         raise ProfileError(f"--labels must be 'true' or 'predicted', not '{labels}'")
@@ -99,6 +101,8 @@ def stream_stats(
                 dims = [z[0].numel() for z in zs]
                 width = choose_sketch_dim(sketch_dim, num_classes, dims)
                 stats = [ClassStats(num_classes, d, device, width) for d in dims]
+            if on_batch is not None:
+                on_batch(zs)
             for split, (s, z) in enumerate(zip(stats, zs), start=1):
                 if not s.update(z, target):
                     raise ProfileError(

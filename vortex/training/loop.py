@@ -41,14 +41,15 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from transformers import HfArgumentParser, get_scheduler
 
-from vortex.core.probe import collect_stats, profile_model
-from vortex.data import data_shape, load_data, make_loader, num_classes
+from vortex.core.probe import profile_model, stream_stats
+from vortex.data import data_shape, load_all, load_data, make_loader, num_classes
 from vortex.distributed import process_state, sync_buffers
 from vortex.errors import AttackError, VortexError
-from vortex.files import check_output_dir, locked, write_atomic, write_json
+from vortex.files import check_output_dir, locked, write_json
 from vortex.hub.checkpoint import save_checkpoint
 from vortex.hub.hf_classifier import load_transformers, transformers_spec
 from vortex.hub.layout import is_checkpoint, read_json_object, read_meta
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)  # printed by the entry point (vortex.logs), m
 
 TARGET_MISSED = 3
 RUN_STATE = "vortex_state.json"  # vortex's part of a saved training state (controller, run fingerprint)
+BEST_WEIGHTS = "best.safetensors"  # the controller's best point so far, saved with the state that knows it
 PRIVACY_ATTACKS = ("decoder", "enhanced")
 
 
@@ -297,9 +299,12 @@ def run_fingerprint(
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_training_state(accelerator: Accelerator, output_dir: Path, step: int, run_state: dict) -> None:
-    """Save Accelerate's state and vortex's own (JSON, never pickle) into state/step_N as one unit:
-    written beside it and renamed into place, so an interrupted save leaves no step_N behind."""
+def save_training_state(
+    accelerator: Accelerator, output_dir: Path, step: int, run_state: dict, best: dict[str, torch.Tensor]
+) -> None:
+    """Save Accelerate's state and vortex's own (JSON, never pickle; the controller's best weights, if
+    any, as safetensors) into state/step_N as one unit: written beside it and renamed into place, so
+    an interrupted save leaves no step_N behind."""
     final, partial = output_dir / "state" / f"step_{step}", output_dir / "state" / f".step_{step}.partial"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
@@ -308,9 +313,22 @@ def save_training_state(accelerator: Accelerator, output_dir: Path, step: int, r
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(partial / RUN_STATE, run_state)
+        if best:
+            save_file(best, partial / BEST_WEIGHTS)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
     accelerator.wait_for_everyone()
+
+
+def read_best_weights(state_dir: Path) -> dict[str, torch.Tensor]:
+    """The controller's best weights saved with `state_dir`, with a one-line error when they are missing."""
+    try:
+        return load_file(state_dir / BEST_WEIGHTS)
+    except (OSError, SafetensorError) as exc:
+        raise VortexError(
+            f"cannot read the controller's best weights {state_dir / BEST_WEIGHTS} ({exc}); resume from "
+            "another state or start afresh"
+        ) from None
 
 
 def read_run_state(state_dir: Path, fingerprint: str) -> dict:
@@ -537,7 +555,12 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
             min_mse=criterion.min_mse,
             baseline_gpz=base_gpz,
         )
-        online = OnlineAttacker(train_ds, probe_ds, image_size=spec.image_size, channels=spec.in_channels)
+        # the probe set decoded once; this process streams its own contiguous shard of it for rho
+        x_probe, y_probe = load_all(probe_ds, image_size=size, channels=chans)
+        world = process_state()
+        xs, ys = (t.tensor_split(world.num_processes)[world.process_index] for t in (x_probe, y_probe))
+        probe_batches = list(zip(xs.split(ctrl_cfg.probe_batch_size), ys.split(ctrl_cfg.probe_batch_size)))
+        online = OnlineAttacker(train_ds, x_probe, image_size=size, channels=chans)
         log.info(
             f"controller: target GPZ at split {target} ({split_names[target - 1]}), measuring every "
             f"{ctrl_cfg.every}-{ctrl_cfg.max_every} steps on {len(probe_ds)} held-out samples (rho, and an "
@@ -568,43 +591,47 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
         )
 
     online_seconds: list[float] = []  # the online attack's share of measuring, per measurement
+    best_weights: dict[str, torch.Tensor] = {}  # the controller's best point, kept in memory and in each state
 
     def measure(step: int) -> None:
-        """Profile the probe set (every process a shard), let the controller decide, keep the best weights."""
+        """Profile the probe set (every process a shard), read the online attack when rho puts the
+        GPZ at K, let the controller decide, keep the best weights."""
         sync_buffers(model)  # batch-norm statistics as rank 0 has them
-        stats, acc = collect_stats(
+        at_k: list[torch.Tensor] = []  # the probe's z_K from the same pass (one process: the whole probe)
+        stats, acc = stream_stats(
             sm,
-            probe_ds,
+            probe_batches,
             num_classes=k_classes,
-            image_size=size,
-            channels=chans,
-            batch_size=ctrl_cfg.probe_batch_size,
             progress=False,
             sketch_dim=recipe.probe.get("sketch_dim"),
+            on_batch=(lambda zs: at_k.append(zs[target - 1].cpu())) if accelerator.num_processes == 1 else None,
         )
-        started_attack = time.perf_counter()
-        attack_mse = online(sm, target, accelerator.device)
-        online_seconds.append(time.perf_counter() - started_attack)
-        entry = controller.observe(
-            step, [s.summary().rho for s in stats], acc, step / max(total_steps, 1), attack_mse=attack_mse
-        )
+        rho = [s.summary().rho for s in stats]
+        attack_mse = None
+        if controller.assess(rho).gpz == target:  # elsewhere it changes neither the decision nor the best point
+            started_attack = time.perf_counter()
+            attack_mse = online(sm, target, accelerator.device, torch.cat(at_k) if at_k else None)
+            online_seconds.append(time.perf_counter() - started_attack)
+        entry = controller.observe(step, rho, acc, step / max(total_steps, 1), attack_mse=attack_mse)
+        attack = f"online attack MSE at {target} {attack_mse:.4f}" if attack_mse is not None else "no attack"
         log.info(
-            f"step {step}: GPZ {entry.gpz} (target {target}, lead {entry.ratio:.2f}), online attack MSE "
-            f"at {target} {attack_mse:.4f}, probe accuracy {acc:.3f} -> {entry.decision}"
+            f"step {step}: GPZ {entry.gpz} (target {target}, lead {entry.ratio:.2f}), {attack}, "
+            f"probe accuracy {acc:.3f} -> {entry.decision}"
         )
         if args.with_tracking:
             accelerator.log(
                 {
                     "gpz": entry.gpz,
-                    "online_attack_mse": attack_mse,
+                    **({"online_attack_mse": attack_mse} if attack_mse is not None else {}),
                     "lever/pull": entry.levers["pull"],
                     "lever/hold": entry.levers["hold"],
                     "probe_accuracy": acc,
                 },
                 step=step,
             )
-        if controller.is_better(entry) and accelerator.is_main_process:
-            write_atomic(output_dir / "best" / "model.safetensors", lambda tmp: save_model(model, tmp))
+        if controller.is_better(entry):
+            best_weights.clear()
+            best_weights.update({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
 
     # Resume: vortex's JSON state says how many optimiser steps were done and holds the controller
     fingerprint = run_fingerprint(
@@ -617,6 +644,7 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
             output_dir,
             step,
             {"fingerprint": fingerprint, "step": step, "controller": controller.state_dict() if controller else None},
+            best_weights,
         )
 
     step = 0
@@ -628,6 +656,8 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
         step = int(saved["step"])
         if controller:
             controller.load_state_dict(saved["controller"])
+            if controller.best:
+                best_weights.update(read_best_weights(state_dir))
         done = read_meta(output_dir) if is_checkpoint(output_dir) else {}
         if step >= total_steps and done.get("fingerprint") == fingerprint:
             log.info(
@@ -701,8 +731,7 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
         if not controller.history or controller.history[-1].step != step:
             measure(step)
         if not controller.history[-1].reached and controller.best and controller.best.step != step:
-            accelerator.wait_for_everyone()
-            load_model(model, str(output_dir / "best" / "model.safetensors"))
+            model.load_state_dict(best_weights)
             log.info(
                 f"target missed at the end: restoring the closest point, step {controller.best.step} "
                 f"(GPZ {controller.best.gpz})"

@@ -8,10 +8,11 @@ Split K is protected when its attack MSE (per element, images in [0, 1]) is at l
 `min_mse` (default 0.02, the level below which reconstructions are taken as recognisable);
 split K-1 is attacked too, to show where the protection starts.
 
-During training the controller needs a privacy signal at every measurement, far cheaper than the
-verdict: `OnlineAttacker` refits vortex's closed-form kernel ridge attack
-(vortex/attacks/ridge.py) on z_K of a fixed set of training images and scores it on the held-out
-probe set (about 0.1 s per measurement on the default recipe).
+During training the controller needs a privacy signal, far cheaper than the verdict:
+`OnlineAttacker` refits vortex's closed-form kernel ridge attack (vortex/attacks/ridge.py) on z_K
+of a fixed set of training images and scores it on the held-out probe set. The controller reads it
+only when rho puts the GPZ at K (elsewhere it changes neither the decision nor the best point), and
+takes the probe's z_K from the pass that measured rho.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from vortex.attacks.base import AttackConfig
 from vortex.attacks.ridge import ridge_inversion
 from vortex.attacks.sweep import SplitAttack, attack_splits
 from vortex.core.splits import SplitModel, evaluating
-from vortex.data import make_loader, take
+from vortex.data import load_all, take
 from vortex.distributed import process_state
 from vortex.errors import VortexError
 from vortex.records import AttackResult
@@ -143,14 +144,14 @@ class OnlineAttacker:
     """The privacy signal at split K during training: held-out MSE of the kernel ridge attack.
 
     It is fitted afresh at each call on z_K of `fit_samples` training images (fixed at the start)
-    and scored on the probe images. The main process computes it and every process receives the
-    same number, so all of them take the same decision.
+    and scored on the probe images `x_probe`. The main process computes it and every process
+    receives the same number, so all of them take the same decision.
     """
 
     def __init__(
         self,
         fit: datasets.Dataset,
-        probe: datasets.Dataset,
+        x_probe: torch.Tensor,
         *,
         image_size: int,
         channels: int,
@@ -158,16 +159,13 @@ class OnlineAttacker:
         batch_size: int = 256,
         seed: int = 0,
     ):
-        def images(ds: datasets.Dataset) -> torch.Tensor:
-            loader = make_loader(ds, batch_size, image_size=image_size, channels=channels)
-            return torch.cat([x for x, _ in loader])
-
-        self.x_fit, self.x_probe = images(take(fit, fit_samples, seed=seed)), images(probe)
-        self.batch_size, self.seed = batch_size, seed
+        self.x_fit, _ = load_all(take(fit, fit_samples, seed=seed), image_size=image_size, channels=channels)
+        self.x_probe, self.batch_size, self.seed = x_probe, batch_size, seed
         self._edges: dict[int, torch.nn.Module] = {}  # built once; they share the model's parameters
 
-    def __call__(self, sm: SplitModel, split: int, device: torch.device) -> float:
-        """Attack MSE at `split` of the model as it is now (eval mode)."""
+    def __call__(self, sm: SplitModel, split: int, device: torch.device, z_probe: torch.Tensor | None = None) -> float:
+        """Attack MSE at `split` of the model as it is now (eval mode). `z_probe`, the probe's z at
+        `split` when the caller already has it (in the probe's order), saves a forward pass."""
         state = process_state()
         mse = torch.zeros((), dtype=torch.float64, device=device)
         if state.is_main_process:
@@ -179,9 +177,8 @@ class OnlineAttacker:
                 def features(x: torch.Tensor) -> torch.Tensor:
                     return torch.cat([edge(b.to(device)).cpu() for b in x.split(self.batch_size)])
 
-                result = ridge_inversion(
-                    features(self.x_fit), self.x_fit, features(self.x_probe), self.x_probe, seed=self.seed
-                )
+                z_probe = features(self.x_probe) if z_probe is None else z_probe
+                result = ridge_inversion(features(self.x_fit), self.x_fit, z_probe, self.x_probe, seed=self.seed)
             mse.fill_(result.mse)
         if state.num_processes > 1:
             mse = broadcast(mse)
