@@ -353,6 +353,64 @@ def test_standardize_undoes_any_per_dimension_scale():
     torch.testing.assert_close(a(z).double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_bytes", [8, 8 * 300 * 5, 1 << 20])
+def test_moments_taken_a_few_columns_at_a_time_are_the_float64_moments(monkeypatch, chunk_bytes):
+    """Column by column, 5 at a time or all at once: the same float64 mean and std as over the whole z,
+    of z or of its residual from the cluster points; a constant element gets std 1."""
+    from vortex.attacks import prepare
+
+    monkeypatch.setattr(prepare, "MOMENT_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 4, 3, 3, generator=g) * 3 + 1
+    z[:, 0, 0, 0] = 2.5
+    points, labels = torch.randn(5, 4, 3, 3, generator=g), torch.randint(0, 5, (300,), generator=g)
+    for of, args in ((z, ()), (z - points[labels], (points, labels))):
+        of = of.double()
+        std = of.std(0)
+        mean, s = prepare._moments(z, *args)
+        assert mean.dtype == s.dtype == torch.float32 and mean.shape == s.shape == (4, 3, 3)
+        assert torch.equal(mean, of.mean(0).float())
+        assert torch.equal(s, torch.where(std > 1e-12, std, torch.ones_like(std)).float())
+    assert prepare._moments(z)[1][0, 0, 0] == 1
+
+
+def test_features_with_nan_or_inf_anywhere_are_refused():
+    from vortex.attacks.sweep import _check_z
+    from vortex.models import ModelSpec, build_model, split_model
+
+    spec = ModelSpec("cnn", 10, 1, 8, {"width": 4})
+    sm = split_model(build_model(spec), spec)
+    for dtype in (torch.float32, torch.float16):
+        z = torch.randn(3, 4, 8, 8).to(dtype)
+        assert _check_z(sm, 1, z) is z
+        for bad in (math.nan, math.inf, -math.inf):
+            for where in ((0, 0, 0, 0), (1, 2, 3, 4), (2, 3, 7, 7)):
+                broken = z.clone()
+                broken[where] = bad
+                with pytest.raises(AttackError, match=r"^split 1 \(.+\) produced NaN or Inf features"):
+                    _check_z(sm, 1, broken)
+
+
+def test_features_are_filled_in_batch_by_batch_in_order(monkeypatch):
+    from vortex.attacks import sweep
+    from vortex.data import load_data
+    from vortex.models import ModelSpec, build_model, split_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", 10, 1, 8, {"width": 4})
+    sm = split_model(build_model(spec).eval(), spec)
+    ds = take(load_data("digits")["test"], 70, seed=0)
+    kw = dict(image_size=8, channels=1, device=torch.device("cpu"), progress=False)
+    monkeypatch.setattr(sweep, "CPU_EVAL_BATCH", 32)  # 32 + 32 + 6
+    x, z = sweep.extract_features(sm, ds, [1, 8], **kw)
+    monkeypatch.setattr(sweep, "CPU_EVAL_BATCH", 100)  # one batch
+    x_one, z_one = sweep.extract_features(sm, ds, [1, 8], **kw)
+    assert torch.equal(x, x_one) and x.shape == (70, 1, 8, 8) and set(z) == {1, 8}
+    for k in (1, 8):
+        assert z[k].dtype == torch.float32 and z[k].shape == z_one[k].shape and len(z[k]) == 70
+        torch.testing.assert_close(z[k], z_one[k])
+
+
 def test_attacks_are_found_by_name_or_by_the_class_the_user_names(tmp_path, monkeypatch):
     from vortex.attacks.base import Attack
     from vortex.attacks.sweep import get_attack

@@ -88,3 +88,28 @@ def test_cosine_of_dark_images_is_not_damped_by_its_guard():
     m = image_metrics(torch.tensor(a), torch.tensor(b))
     cos = (a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)
     assert m["cosine"][0].item() == pytest.approx(cos, rel=1e-9)
+
+
+@pytest.mark.parametrize("planes_at_once", [1, 3, None])
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (3, 3, 12, 10), (2, 2, 6, 9), (1, 1, 40, 33)])
+def test_ssim_is_torchmetrics_float64(shape, planes_at_once, monkeypatch):
+    """SSIM's own filter (gathered windows, one matrix product, a few planes at a time) gives torchmetrics'
+    float64 numbers however the planes are grouped (equal to the last bits with the same BLAS summation
+    order; 1e-12 allows another order), for close, unrelated, identical and flat reconstructions."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from vortex.attacks import metrics
+
+    if planes_at_once is not None:
+        h, w = shape[-2:]
+        monkeypatch.setattr(metrics, "WINDOW_BYTES", planes_at_once * 121 * h * w * 8)
+    g = torch.Generator().manual_seed(sum(shape))
+    target = torch.rand(shape, generator=g, dtype=torch.float64)
+    recon = (target + 0.2 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    flat = torch.full(shape, 0.3, dtype=torch.float64)
+    unrelated = torch.rand(shape, generator=g, dtype=torch.float64)
+    for r, t in ((recon, target), (unrelated, target), (target, target), (flat + 0.01 * recon, flat)):
+        ours = image_metrics(r, t)["ssim"]
+        theirs = structural_similarity_index_measure(r, t, data_range=1.0, reduction="none")
+        assert ours.dtype == torch.float64
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)

@@ -16,18 +16,30 @@ import torch
 from torch import nn
 
 PROJECTION_DIM = 256  # clusters are found on a fixed random projection of this width
+MOMENT_BYTES = 1 << 20  # float64 columns of z whose moments are taken at once: they stay in cache
 
 
 def _flat(z: torch.Tensor) -> torch.Tensor:
-    return z.reshape(len(z), -1)
+    return z.reshape(len(z), math.prod(z.shape[1:]))
 
 
-def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element mean and std of `z` (float64); elements constant on z get std 1 (no relative floor:
-    one huge-variance element must not leave the others unscaled)."""
-    z = z.double()
-    mean, std = z.mean(0), z.std(0)
-    return mean.float(), torch.where(std > 1e-12, std, torch.ones_like(std)).float()
+def _moments(
+    z: torch.Tensor, points: torch.Tensor | None = None, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element mean and std (float64, returned as float32) of `z`, or of its residual
+    `z - points[labels]`; elements constant on it get std 1 (no relative floor: one huge-variance
+    element must not leave the others unscaled). Taken a few columns at a time, which keeps their
+    float64 copy in cache; each column's sums are the same as over all columns at once."""
+    flat = _flat(z)
+    offsets = None if points is None else _flat(points)
+    mean, std = (torch.empty(flat.shape[1], dtype=torch.float32, device=z.device) for _ in range(2))
+    step = max(1, MOMENT_BYTES // (8 * max(1, len(flat))))
+    for i in range(0, flat.shape[1], step):
+        cols = slice(i, i + step)
+        part = (flat[:, cols] if offsets is None else flat[:, cols] - offsets[:, cols][labels]).double()
+        s = part.std(0)
+        mean[cols], std[cols] = part.mean(0), torch.where(s > 1e-12, s, torch.ones_like(s))
+    return mean.view(z.shape[1:]), std.view(z.shape[1:])
 
 
 class Standardize(nn.Module):
@@ -43,7 +55,7 @@ class Standardize(nn.Module):
         return cls(*_moments(z))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
+        return (z - self.mean).div_(self.std)  # in place: one copy of z, not two
 
 
 class ClassCentring(nn.Module):
@@ -77,7 +89,7 @@ class ClassCentring(nn.Module):
         labels = torch.from_numpy(labels).long()
         points = torch.stack([z[labels == c].mean(0) if (labels == c).any() else z.mean(0) for c in range(k)])
         centres = _flat(points) @ projection
-        residual = Standardize.fit(z - points[labels])
+        residual = Standardize(*_moments(z, points, labels))
         return cls(projection, centres, points, residual, axis)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
