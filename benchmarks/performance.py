@@ -84,7 +84,8 @@ def main() -> None:
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     run_script("profile_overhead.py", "--samples", "3000" if args.quick else "10000")
-    run_script("controller_overhead.py")
+    figures = ("recipe", "  training", "  of which", "    rho", "    online", "  measuring", "  verdict")
+    run_script("controller_overhead.py", keep=figures)  # not the training log's tables
     run_script("scale.py", *(["--images", "64", "--subset-images", "80", "--vit-images", "8"] if args.quick else []))
     a_priori_vs_post_hoc(epochs=5 if args.quick else 30)
     if torch.cuda.is_available():
