@@ -30,7 +30,7 @@ bench: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproduce.py --quick
 
-# Mutation testing (not part of `make test`: ~30 min on 2 cores). Modules, tests and settings: [tool.mutmut] in
+# Mutation testing (not part of `make test`: about 5 min on 2 cores). Modules, tests and settings: [tool.mutmut] in
 # pyproject.toml. A fresh run each time (mutmut keeps a survivor's verdict until its function changes); prints the
 # killed share per module and fails below MUTATION_GOAL %. MUTATION_JOBS mutants run at once.
 MUTATION_JOBS ?= 2

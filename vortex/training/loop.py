@@ -631,7 +631,8 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
             )
         if controller.is_better(entry):
             best_weights.clear()
-            best_weights.update({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            copy = {"device": "cpu", "memory_format": torch.contiguous_format, "copy": True}  # one copy each
+            best_weights.update({k: v.detach().to(**copy) for k, v in model.state_dict().items()})
 
     # Resume: vortex's JSON state says how many optimiser steps were done and holds the controller
     fingerprint = run_fingerprint(
