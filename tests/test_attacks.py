@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from vortex.attacks.decoder import build_decoder, fit_decoder, z_layout
+from vortex.attacks.base import train_together
+from vortex.attacks.decoder import DecoderTraining, FitResult, build_decoder, z_layout
 from vortex.attacks.metrics import MAX_PSNR, image_metrics, summarize
 from vortex.attacks.optimize import invert_by_optimization, total_variation
 from vortex.attacks.sweep import SplitAttack, attack_report, gpz_agreement, plan_passes, split_aux, unseen_train_rows
@@ -103,6 +104,13 @@ def test_token_layout_drops_the_cls_token():
     assert z_layout((64,)).kind == "flat" and z_layout((4, 4, 4, 4)).kind == "flat"
 
 
+def fit_decoder(decoder: nn.Module, *pairs: torch.Tensor, progress: bool = False, **options) -> FitResult:
+    """One decoder trained alone, as a sweep trains each of its splits' decoders."""
+    training = DecoderTraining(decoder, *pairs, **options)
+    train_together([training], progress=progress)
+    return training.result
+
+
 def test_decoder_learns_an_invertible_map_and_stops_early():
     torch.manual_seed(0)
     x = torch.rand(160, 1, 8, 8)
@@ -117,9 +125,6 @@ def test_decoder_learns_an_invertible_map_and_stops_early():
 def test_decoders_trained_together_learn_what_each_learns_alone():
     """train_together interleaves the steps of several decoders (one stopping early): each ends with
     the weights, epochs and held-out MSE it reaches when trained alone."""
-    from vortex.attacks.base import train_together
-    from vortex.attacks.decoder import DecoderTraining
-
     g = torch.Generator().manual_seed(0)
     x = torch.rand(100, 1, 8, 8, generator=g)
     zs = [torch.cat([x, 1 - x], dim=1), torch.randn(100, 12, generator=g)]  # invertible, and noise

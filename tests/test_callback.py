@@ -74,7 +74,7 @@ def gray(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {**batch, "pixel_values": batch["pixel_values"][:, :1]}
 
 
-def trainer_for(model, out: Path, train_ds, eval_ds=None, **kwargs) -> Trainer:
+def trainer_for(model, out: Path, train_ds, eval_ds=None, callbacks=None, **kwargs) -> Trainer:
     args = TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=32,
@@ -85,7 +85,9 @@ def trainer_for(model, out: Path, train_ds, eval_ds=None, **kwargs) -> Trainer:
         use_cpu=True,
         **{"report_to": "none", **kwargs},
     )
-    return Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=gray)
+    return Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=gray, callbacks=callbacks
+    )
 
 
 def test_vit_logs_the_profile_a_direct_probe_computes(digits, tmp_path, monkeypatch):

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from vortex.data import load_data
 from vortex.training.callback import VortexCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_callback import gray, tiny_hf_resnet  # noqa: E402
+from test_callback import tiny_hf_resnet, trainer_for  # noqa: E402
 
 
 class Recorder(TrainerCallback):
@@ -32,29 +32,9 @@ def digits():
 
 
 def trainer_with(callbacks, digits, out: Path, report_to) -> Trainer:
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=32,
-        learning_rate=2e-3,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-        report_to=report_to,
-        max_steps=2,
-        eval_strategy="steps",
-        eval_steps=2,
-        save_strategy="no",
-    )
     probe = digits["test"].select(range(64))
-    return Trainer(
-        model=tiny_hf_resnet(),
-        args=args,
-        train_dataset=digits["train"],
-        eval_dataset=probe,
-        data_collator=gray,
-        callbacks=callbacks,
-    )
+    steps = dict(max_steps=2, eval_strategy="steps", eval_steps=2, save_strategy="no")
+    return trainer_for(tiny_hf_resnet(), out, digits["train"], probe, callbacks=callbacks, report_to=report_to, **steps)
 
 
 def test_the_metrics_reach_the_callbacks_after_it(digits, tmp_path):

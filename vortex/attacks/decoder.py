@@ -250,42 +250,6 @@ class DecoderTraining(Training):
         return {"val_mse": f"{self.val:.4f}", "best": f"{self.best:.4f}"}
 
 
-def fit_decoder(
-    decoder: nn.Module,
-    z_train: torch.Tensor,
-    x_train: torch.Tensor,
-    z_val: torch.Tensor,
-    x_val: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    patience: int = 5,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    desc: str = "decoder",
-    progress: bool = True,
-) -> FitResult:
-    """Train `decoder` alone (a `DecoderTraining`); the weights best on the held-out pairs."""
-    training = DecoderTraining(
-        decoder,
-        z_train,
-        x_train,
-        z_val,
-        x_val,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        patience=patience,
-        seed=seed,
-        device=device,
-        desc=desc,
-    )
-    train_together([training], desc=desc, progress=progress)
-    assert training.result is not None
-    return training.result
-
-
 @register
 class DecoderAttack(Attack):
     """Black box (the paper's threat model): query the edge with auxiliary images, standardise

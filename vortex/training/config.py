@@ -54,12 +54,20 @@ class Recipe:
         return asdict(self)
 
 
-def _override(recipe_key: str, text: str, *aliases: str, **argparse_options: Any) -> Any:
-    """A setting that overrides the recipe's `recipe_key` (None: keep the recipe's); `aliases` are older flag names."""
-    metadata = {"recipe": recipe_key, "help": text, **argparse_options}
+def setting(default: Any = None, text: str = "", *aliases: str, **argparse_options: Any) -> Any:
+    """A `vortex train` setting (a dataclass field): its default, its --help text, older flag names, other
+    add_argument options."""
+    metadata = {"help": text, **argparse_options}
     if aliases:
         metadata["aliases"] = list(aliases)
-    return field(default=None, metadata=metadata)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _override(recipe_key: str, text: str, *aliases: str, **argparse_options: Any) -> Any:
+    """A setting that overrides the recipe's `recipe_key` (None: keep the recipe's); `aliases` are older flag names."""
+    return setting(None, text, *aliases, recipe=recipe_key, **argparse_options)
 
 
 @dataclass(kw_only=True)

@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import Field, dataclass, field, fields, replace
+from dataclasses import Field, dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -69,6 +69,7 @@ from vortex.training.config import (
     check_smoothing,
     load_recipe,
     recipe_overrides,
+    setting,
 )
 from vortex.training.controller import ControllerConfig, GPZController, check_target
 from vortex.training.levers import lever_loss, smoothing_at
@@ -83,16 +84,6 @@ BEST_WEIGHTS = "best.safetensors"  # the controller's best point so far, saved w
 PRIVACY_ATTACKS = ("decoder", "enhanced")
 
 
-def _arg(default: Any = None, text: str = "", *aliases: str, **argparse_options: Any) -> Any:
-    """A `vortex train` setting: its default, its --help text, older flag names, other add_argument options."""
-    metadata = {"help": text, **argparse_options}
-    if aliases:
-        metadata["aliases"] = list(aliases)
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
 # Fields typed `Path | str | None` take paths from Python and strings from the command line: HfArgumentParser
 # parses the type that follows the first one in such a union, here str.
 
@@ -103,47 +94,49 @@ class RunArguments:
 
     _argument_group_name = "run"
 
-    recipe: Recipe | str | Path | None = _arg(
+    recipe: Recipe | str | Path | None = setting(
         None,
         "YAML recipe: a file, or a shipped one's name (default: recipes/cnn_digits.yaml); its values are "
         "the defaults of the options below, which override them",
         metavar="FILE",
     )
-    output_dir: Path | str | None = _arg(
+    output_dir: Path | str | None = setting(
         None, "where the checkpoint is written (default: runs/MODEL-DATASET[-gpzK], printed at start)", metavar="DIR"
     )
-    init_weights: Path | str | None = _arg(
+    init_weights: Path | str | None = setting(
         None,
         "a local .safetensors file of the model's weights to start from (every tensor, of the model's shapes)",
         metavar="FILE",
     )
-    trust_code: list[str] = _arg(
+    trust_code: list[str] = setting(
         [],
         "import this custom architecture for a recipe that names it (repeatable); a --model given on the command "
         "line is trusted as it is; vortex never imports code named by a file otherwise",
         action="append",
         metavar="PACKAGE.MODULE:FUNCTION",
     )
-    checkpointing_steps: str = _arg(  # or an int
+    checkpointing_steps: str = setting(  # or an int
         "epoch", "save the training state every N steps, or 'epoch' (default)", metavar="N|epoch"
     )
-    resume_from_checkpoint: Path | str | None = _arg(
+    resume_from_checkpoint: Path | str | None = setting(
         None, "a state directory under OUTPUT_DIR/state, or 'latest'", metavar="DIR|latest"
     )
-    with_tracking: bool = _arg(False, "log loss, accuracy, levers and GPZ through Accelerator(log_with=...)")
-    report_to: str = _arg(
+    with_tracking: bool = setting(False, "log loss, accuracy, levers and GPZ through Accelerator(log_with=...)")
+    report_to: str = setting(
         "tensorboard",
         "tracker for --with_tracking (tensorboard works offline; 'all' for every installed one)",
         metavar="TRACKER",
     )
-    push_to_hub: bool = _arg(False, "publish the checkpoint to the Hub when training ends (same as `vortex publish`)")
-    hub_model_id: str | None = _arg(
+    push_to_hub: bool = setting(
+        False, "publish the checkpoint to the Hub when training ends (same as `vortex publish`)"
+    )
+    hub_model_id: str | None = setting(
         None,
         "ORG/NAME of the Hub repo for --push_to_hub (default: OUTPUT_DIR's name in your namespace)",
         metavar="ORG/NAME",
     )
-    hub_private_repo: bool = _arg(False, "create the Hub repo private")
-    hub_revision: str | None = _arg(None, "branch to push to (default: main)", metavar="BRANCH")
+    hub_private_repo: bool = setting(False, "create the Hub repo private")
+    hub_revision: str | None = setting(None, "branch to push to (default: main)", metavar="BRANCH")
 
 
 @dataclass(kw_only=True)
@@ -153,32 +146,32 @@ class TargetArguments:
 
     _argument_group_name = "GPZ target"
 
-    target_gpz: int | None = _arg(
+    target_gpz: int | None = setting(
         None, "split K where the GPZ should start (2..L); turns on the controller", metavar="K"
     )
-    max_accuracy_drop: float = _arg(
+    max_accuracy_drop: float = setting(
         0.02,
         "with --target-gpz: largest test-accuracy loss allowed against the untargeted run (default 0.02 = 2 points)",
         metavar="FRACTION",
     )
-    privacy_mse: float = _arg(
+    privacy_mse: float = setting(
         RECOGNISABLE_MSE,
         "with --target-gpz: the attack MSE (images in [0, 1]) split K must reach to count as protected "
         f"(default {RECOGNISABLE_MSE}, below which reconstructions are recognisable)",
         metavar="MSE",
     )
-    privacy_attack: str = _arg(
+    privacy_attack: str = setting(
         "decoder",
         "with --target-gpz: the inversion attack that checks split K (default: decoder)",
         choices=PRIVACY_ATTACKS,
     )
-    baseline: str = _arg(  # or a Path
+    baseline: str = setting(  # or a Path
         "auto",
         "with --target-gpz: the untargeted run to compare accuracy with: a checkpoint directory, "
         "'auto' (train it into OUTPUT_DIR/baseline, reused if there) or 'none'",
         metavar="DIR|auto|none",
     )
-    holdout_probe: bool = _arg(False, argparse.SUPPRESS)  # hold a probe set out without a target, as baseline runs do
+    holdout_probe: bool = setting(False, argparse.SUPPRESS)  # a probe set held out without a target (baseline runs)
 
 
 ARGUMENTS = (RunArguments, *RECIPE_ARGUMENTS, TargetArguments)  # `vortex train --help`'s groups, in this order
@@ -631,8 +624,8 @@ def run(args: TrainConfig, held: ExitStack) -> TrainResult:
             )
         if controller.is_better(entry):
             best_weights.clear()
-            copy = {"device": "cpu", "memory_format": torch.contiguous_format, "copy": True}  # one copy each
-            best_weights.update({k: v.detach().to(**copy) for k, v in model.state_dict().items()})
+            to_cpu = {"device": "cpu", "memory_format": torch.contiguous_format, "copy": True}  # one copy each
+            best_weights.update({k: v.detach().to(**to_cpu) for k, v in model.state_dict().items()})
 
     # Resume: vortex's JSON state says how many optimiser steps were done and holds the controller
     fingerprint = run_fingerprint(
